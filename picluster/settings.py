@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ DEFAULTS: dict[str, object] = {
     "master": False,  # true: the operator designated this node as master
     "hostname": None,  # hostname to set at first boot (prepare-boot --hostname)
     "ssh_key": None,  # cluster private key: git over ssh, Ansible, mpirun
+    "host_key": "/etc/ssh/ssh_host_ed25519_key.pub",  # this node's sshd key, for known_hosts
     "signing_key": None,  # private key that `enqueue` signs tasks with
     "user": None,  # local account that runs the agent and owns the keys (None: root)
     "workers": 2,  # huey consumer threads
@@ -44,7 +46,7 @@ _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATIONS = {"poll_interval", "master_grace", "ping_interval", "ping_timeout"}
 _POSITIVE_INTS = {"workers", "prune_after"}
-_PATHS = {"home", "ssh_key", "signing_key"}
+_PATHS = {"home", "ssh_key", "signing_key", "host_key"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 
 
@@ -120,6 +122,7 @@ class Settings:
     master: bool = False
     hostname: str | None = None
     ssh_key: Path | None = None
+    host_key: Path = Path(str(DEFAULTS["host_key"]))
     signing_key: Path | None = None
     user: str | None = None
     workers: int = int(DEFAULTS["workers"])  # type: ignore[call-overload]
@@ -233,3 +236,15 @@ class Settings:
     @property
     def ansible_dir(self) -> Path:
         return self.home / "ansible"
+
+    def ssh_command(self, *, known_hosts: Path | None = None) -> str:
+        """The ssh command line git and mpirun use: this node's key, its own control
+        sockets, and host keys checked against `known_hosts` (trust on first use)."""
+        parts = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                 "-o", "StrictHostKeyChecking=accept-new",
+                 "-o", f"UserKnownHostsFile={known_hosts or self.known_hosts}",
+                 "-o", "ControlMaster=auto", "-o", f"ControlPath={self.ssh_dir}/cm-%C",
+                 "-o", "ControlPersist=60"]
+        if self.ssh_key:
+            parts += ["-i", str(self.ssh_key), "-o", "IdentitiesOnly=yes"]
+        return shlex.join(parts)
