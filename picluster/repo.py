@@ -38,6 +38,8 @@ from pathlib import Path, PurePosixPath
 import git
 from filelock import FileLock
 
+from picluster.settings import Settings
+
 __all__ = [
     "Change",
     "ClusterRepo",
@@ -48,6 +50,8 @@ __all__ = [
     "Remove",
     "Snapshot",
     "TransactResult",
+    "decode_ops",
+    "encode_ops",
     "init_bare",
 ]
 
@@ -129,13 +133,13 @@ _OPS: dict[str, type[Put] | type[Create] | type[Remove]] = {
 Change = Sequence[Op] | Callable[["Snapshot"], Sequence[Op]]
 
 
-def _encode_ops(ops: Sequence[Op]) -> list[dict[str, str]]:
+def encode_ops(ops: Sequence[Op]) -> list[dict[str, str]]:
     names = {cls: name for name, cls in _OPS.items()}
     return [{"op": names[type(op)], **{k: v for k, v in vars(op).items() if v is not None}}
             for op in ops]
 
 
-def _decode_ops(items: list[dict[str, str]]) -> list[Op]:
+def decode_ops(items: list[dict[str, str]]) -> list[Op]:
     return [_OPS[item["op"]](**{k: v for k, v in item.items() if k != "op"})
             for item in items]
 
@@ -207,12 +211,15 @@ class Snapshot:
         item = self._item(path)
         return isinstance(item, git.Blob) and item.mode & 0o170000 == 0o100000
 
-    def listdir(self, path: str) -> list[str]:
-        """Names directly under directory `path`, sorted; [] when it does not exist."""
+    def listdir(self, path: str, *, files: bool = False) -> list[str]:
+        """Names directly under directory `path` (only files, with `files`), sorted;
+        [] when it does not exist."""
         item = self._item(path)
         if not isinstance(item, git.Tree):
             return []
-        return sorted(entry.name for entry in item)
+        with self.mutex:
+            return sorted(entry.name for entry in item
+                          if not files or isinstance(entry, git.Blob))
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -243,6 +250,13 @@ class ClusterRepo:
         self._lock = FileLock(str(self.clone_dir) + ".lock")
         self._mutex = threading.RLock()
         self._repo: git.Repo | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, writer: str) -> ClusterRepo:
+        """The clone a node (or a CLI on it) uses: `settings.clone_dir`, over ssh when the
+        URL needs it."""
+        return cls(settings.repo, settings.clone_dir, branch=settings.branch, writer=writer,
+                   ssh_command=settings.ssh_command())
 
     # -- the clone ---------------------------------------------------------------------
 
@@ -388,7 +402,7 @@ class ClusterRepo:
         if not changed:
             self._reset(tip)
             return TransactResult(None)
-        body = json.dumps({"message": message, "ops": _encode_ops(ops)})
+        body = json.dumps({"message": message, "ops": encode_ops(ops)})
         with self._mutex:
             sha = self.repo.git.commit_tree(_EMPTY_TREE, "-m", f"intent: {message}\n\n{body}")
         # The name sorts by creation time: the inbox is a FIFO.
@@ -494,7 +508,7 @@ class ClusterRepo:
             with self._mutex:
                 text = self.repo.commit(intent.sha).message
             data = json.loads(text.split("\n\n", 1)[1])
-            return str(data["message"]), tuple(_decode_ops(data["ops"]))
+            return str(data["message"]), tuple(decode_ops(data["ops"]))
         except (IndexError, KeyError, TypeError, ValueError) as error:
             # Dropped like any carried intent, with nothing applied: it can never apply.
             log.warning("dropping malformed intent %s: %s", intent.ref, error)

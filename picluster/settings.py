@@ -31,6 +31,7 @@ DEFAULTS: dict[str, object] = {
     "ssh_key": None,  # cluster private key: git over ssh, Ansible, mpirun
     "host_key": "/etc/ssh/ssh_host_ed25519_key.pub",  # this node's sshd key, for known_hosts
     "signing_key": None,  # private key that `enqueue` signs tasks with
+    "signer": "operator",  # the name tasks are signed as: its entry in allowed_signers
     "user": None,  # local account that runs the agent and owns the keys (None: root)
     "workers": 2,  # huey consumer threads
     "poll_interval": 30.0,  # every node polls git this often
@@ -124,6 +125,7 @@ class Settings:
     ssh_key: Path | None = None
     host_key: Path = Path(str(DEFAULTS["host_key"]))
     signing_key: Path | None = None
+    signer: str = str(DEFAULTS["signer"])
     user: str | None = None
     workers: int = int(DEFAULTS["workers"])  # type: ignore[call-overload]
     poll_interval: float = float(DEFAULTS["poll_interval"])  # type: ignore[arg-type]

@@ -1,0 +1,261 @@
+"""The `picluster` command: a thin face over the modules that do the work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from picluster import __version__, layout
+from picluster.identity import IdentityError, facts, identify, writer_name
+from picluster.queue import enqueue, make_task, wait_for
+from picluster.registry import read_membership, register
+from picluster.repo import ClusterRepo, GitError, init_bare
+from picluster.settings import ConfigError, Settings
+from picluster.signing import SignatureError, signer_line
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="A self-configuring Raspberry Pi Beowulf cluster; its state is a git "
+                       "repository.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+log = logging.getLogger("picluster")
+
+# Exit codes: 0 ok, 1 failed (a task error, git refused), 2 bad input, 3 timed out.
+EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    err.print(f"picluster: {message}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def settings(ctx: typer.Context) -> Settings:
+    """The boot config named by --config / $PICLUSTER_CONFIG, loaded on first use."""
+    if ctx.obj.get("settings") is None:
+        try:
+            ctx.obj["settings"] = Settings.load(ctx.obj["config"])
+        except ConfigError as error:
+            fail(str(error), EXIT_USAGE)
+        logging.getLogger().setLevel(
+            logging.DEBUG if ctx.obj["verbose"] else ctx.obj["settings"].log_level.upper())
+    return ctx.obj["settings"]
+
+
+def open_repo(ctx: typer.Context) -> ClusterRepo:
+    conf = settings(ctx)
+    return ClusterRepo.from_settings(conf, writer_name(conf))
+
+
+def print_json(data: Any) -> None:
+    out.out(json.dumps(data, indent=2, default=str), highlight=False)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", envvar="PICLUSTER_CONFIG",
+        help="Boot config to read (default: /boot/picluster.conf).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+    ctx.obj = {"config": config, "verbose": verbose, "settings": None}
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apscheduler", "huey", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command("init-repo")
+def init_repo_command(
+    path: Annotated[Path, typer.Argument(help="Where to create the bare repository.")],
+    signer: Annotated[Path | None, typer.Option(
+        help="An OpenSSH public key file to trust as task signer.")] = None,
+    name: Annotated[str, typer.Option(help="The signer's name.")] = "operator",
+) -> None:
+    """Create a bare cluster repository: ip/, queue/, local-vars/, a README; no master yet."""
+    files = layout.seed_files()
+    if signer is not None:
+        try:
+            files[layout.ALLOWED_SIGNERS] += signer_line(signer.read_text(), name) + "\n"
+        except (OSError, SignatureError) as error:
+            fail(f"{signer}: {getattr(error, 'strerror', None) or error}", EXIT_USAGE)
+    try:
+        init_bare(path, files, "init cluster repository")
+    except GitError as error:
+        fail(str(error), EXIT_USAGE)
+    out.print(f"created cluster repository {path}" + (f", trusting {name}" if signer else ""))
+
+
+@app.command("register")
+def register_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Write ip/<mac> with this node's IPv4, claim `master` if nobody holds it, push.
+
+    Nothing is committed when nothing changed.
+    """
+    conf = settings(ctx)
+    try:
+        node = identify(conf)
+        result = register(ClusterRepo.from_settings(conf, node.mac), node, facts(conf),
+                          designated=conf.master)
+    except IdentityError as error:
+        fail(str(error), EXIT_USAGE)
+    except GitError as error:
+        fail(str(error))
+    if as_json:
+        print_json(result.as_dict())
+        return
+    role = "master" if result.is_master else f"node (master: {result.master})"
+    what = "registered" if result.commit else "already registered"
+    out.print(f"{what} {result.mac} at {result.ip} as {role}", highlight=False)
+
+
+def _parse_args(pairs: list[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--arg '{pair}' is not key=value", EXIT_USAGE)
+        try:
+            args[key] = json.loads(value)  # numbers, booleans, lists...
+        except json.JSONDecodeError:
+            args[key] = value  # ...and anything else is a string
+    return args
+
+
+@app.command("enqueue")
+def enqueue_command(
+    ctx: typer.Context,
+    mac: Annotated[str, typer.Argument(help="The node that runs the task.")],
+    task: Annotated[str, typer.Argument(help="Task name, e.g. echo.")],
+    arg: Annotated[list[str] | None, typer.Option(
+        "--arg", help="key=value argument (value parsed as JSON when it is JSON); repeat.")]
+    = None,
+    wait: Annotated[float | None, typer.Option(
+        help="Wait this many seconds for the outcome and print it.")] = None,
+    retries: Annotated[int, typer.Option(help="Retries after a failure.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Sign a task and commit it to queue/<mac>/; with --wait, print its outcome.
+
+    Exit code with --wait: 0 ok, 1 the task failed or was rejected, 3 no outcome in time.
+    """
+    conf = settings(ctx)
+    if conf.signing_key is None:
+        fail(f"{conf.source}: key 'signing_key' is not set; point it at the private key "
+             "whose public half is trusted (`picluster trust`)", EXIT_USAGE)
+    try:
+        job = make_task(mac, task, _parse_args(arg or []), conf.signer, retries=retries)
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    repo = open_repo(ctx)
+    try:
+        (job,) = enqueue(repo, [job], conf.signing_key)
+    except SignatureError as error:
+        fail(str(error), EXIT_USAGE)
+    except GitError as error:
+        fail(str(error))
+    if wait is None:
+        if as_json:
+            print_json({"id": job.id, "node": job.node, "task": job.task})
+        else:
+            out.print(job.id)
+        return
+    outcome = wait_for(repo, [job], wait).get(job.id)
+    if outcome is None:
+        fail(f"no outcome for task {job.id} within {wait:g} s; it stays queued", EXIT_TIMEOUT)
+    print_json(json.loads(outcome.to_json()))
+    raise typer.Exit(0 if outcome.status == "ok" else EXIT_FAILED)
+
+
+@app.command("trust")
+def trust_command(
+    ctx: typer.Context,
+    pubkey: Annotated[str, typer.Argument(help="OpenSSH public key, or a .pub file.")],
+    name: Annotated[str, typer.Option(help="The signer's name (tasks name it as producer).")]
+    = "operator",
+) -> None:
+    """Allow the holder of PUBKEY to sign tasks (adds it to local-vars/allowed_signers)."""
+    text = Path(pubkey).read_text() if Path(pubkey).is_file() else pubkey
+    try:
+        line = signer_line(text.strip(), name)
+    except SignatureError as error:
+        fail(f"{pubkey}: {error}", EXIT_USAGE)
+
+    def add(snapshot: Any) -> list[Any]:
+        from picluster.repo import Put
+
+        current = snapshot.read(layout.ALLOWED_SIGNERS) or ""
+        if line in current.splitlines():
+            return []
+        return [Put(layout.ALLOWED_SIGNERS, current.rstrip("\n") + "\n" + line + "\n")]
+
+    try:
+        result = open_repo(ctx).transact(add, f"trust task signer {name}")
+    except GitError as error:
+        fail(str(error))
+    out.print(f"{name} {'is now' if result.commit else 'was already'} a trusted task signer")
+
+
+@app.command("status")
+def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The cluster as the repository sees it: nodes, roles, pending tasks."""
+    repo = open_repo(ctx)
+    try:
+        snapshot = repo.sync()
+    except GitError as error:
+        fail(str(error))
+    membership = read_membership(snapshot)
+    nodes = [{"mac": m.mac, "ip": m.ip, "hostname": m.hostname,
+              "role": "master" if m.mac == membership.master else "node", "cores": m.cores,
+              "pending": len([n for n in snapshot.listdir(layout.queue_dir(m.mac), files=True)
+                              if n.endswith(".json")])}
+             for m in membership.members]
+    if as_json:
+        print_json({"master": membership.master, "nodes": nodes,
+                    "problems": list(membership.problems)})
+        return
+    table = Table(title=f"picluster: {len(nodes)} nodes")
+    for column in ("MAC", "IP", "hostname", "role", "cores", "pending tasks"):
+        table.add_column(column)
+    for node in nodes:
+        table.add_row(layout.format_mac(str(node["mac"])), str(node["ip"]),
+                      str(node["hostname"]), str(node["role"]), str(node["cores"]),
+                      str(node["pending"]))
+    out.print(table)
+    for problem in membership.problems:
+        err.print(f"[yellow]problem:[/] {problem}", highlight=False)
+
+
+@app.command("agent")
+def agent_command(ctx: typer.Context) -> None:
+    """Run the node service: poll git, run this node's tasks, push their outcomes.
+
+    SIGINT stops gracefully (running tasks finish, outcomes are pushed); SIGTERM at once.
+    """
+    from picluster.agent import Agent
+
+    conf = settings(ctx)
+    try:
+        agent = Agent(conf)
+    except IdentityError as error:
+        fail(str(error), EXIT_USAGE)
+    agent.run()
+
+
+def main() -> None:
+    app(prog_name="picluster")

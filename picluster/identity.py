@@ -1,0 +1,88 @@
+"""Who this node is: its MAC and IPv4 (DESIGN §6), and the facts it reports about itself."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from picluster import __version__
+from picluster.layout import normalize_mac
+from picluster.settings import Settings
+
+__all__ = ["IdentityError", "NodeIdentity", "facts", "identify", "writer_name"]
+
+_SIOCGIFADDR = 0x8915
+_SIOCGIFHWADDR = 0x8927
+_MODEL_FILES = ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model")
+
+
+class IdentityError(RuntimeError):
+    """The node cannot tell its own MAC or IPv4 (interface missing or without address)."""
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    mac: str  # 12 lower-case hex digits
+    ip: str
+
+
+def _ioctl(interface: str, request: int) -> bytes:
+    # An ioctl on the interface works in any network namespace, unlike /sys, which shows
+    # the namespace it was mounted in.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        return fcntl.ioctl(sock.fileno(), request, struct.pack("256s", interface[:15].encode()))
+
+
+def identify(settings: Settings) -> NodeIdentity:
+    """This node's identity: the pinned `mac`/`ip`, else read from `interface`."""
+    mac, ip = settings.mac, settings.ip
+    try:
+        if mac is None:
+            mac = normalize_mac(_ioctl(settings.interface, _SIOCGIFHWADDR)[18:24].hex())
+        if ip is None:
+            ip = socket.inet_ntoa(_ioctl(settings.interface, _SIOCGIFADDR)[20:24])
+    except OSError as error:
+        raise IdentityError(
+            f"cannot read {'the MAC' if mac is None else 'an IPv4 address'} of interface "
+            f"'{settings.interface}': {error.strerror}; is the network up? Set 'interface' "
+            f"(or pin 'mac' and 'ip') in {settings.source}") from None
+    return NodeIdentity(mac, ip)
+
+
+def writer_name(settings: Settings) -> str:
+    """A name for commits and inbox refs: the MAC when known, else the host name."""
+    try:
+        return identify(settings).mac
+    except IdentityError:
+        host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+        return f"{host or 'host'}-{os.getpid()}"
+
+
+def _model() -> str:
+    for name in _MODEL_FILES:
+        try:
+            return Path(name).read_text().strip("\0\n ")
+        except OSError:
+            continue
+    return f"{platform.system()} {platform.machine()}"
+
+
+def facts(settings: Settings) -> dict[str, object]:
+    """What a node reports about itself in local-vars/nodes/<mac>.yml: stable values only,
+    so an unchanged node makes no commit."""
+    try:
+        host_key = " ".join(settings.host_key.read_text().split()[:2])
+    except OSError:
+        host_key = None
+    return {
+        "hostname": socket.gethostname(),
+        "cores": os.cpu_count() or 1,
+        "model": _model(),
+        "host_key": host_key,
+        "picluster": __version__,
+    }

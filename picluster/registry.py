@@ -1,0 +1,187 @@
+"""Membership: who is in the cluster, who is master, and how a node joins (DESIGN §2).
+
+Everything here reads a `Snapshot` or returns ops for `ClusterRepo.transact`; nothing
+else touches git.  Malformed files are reported with their path, line and fix, and are
+never deleted or overwritten on a node's behalf.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+import yaml
+
+from picluster import layout
+from picluster.identity import NodeIdentity
+from picluster.repo import ClusterRepo, Create, Op, Put, Remove, Snapshot
+
+__all__ = [
+    "Member",
+    "Membership",
+    "Registration",
+    "read_membership",
+    "register",
+    "registration_ops",
+    "unregister_ops",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member:
+    mac: str
+    ip: str
+    facts: dict[str, object] = field(default_factory=dict, compare=False)
+
+    @property
+    def hostname(self) -> str:
+        return str(self.facts.get("hostname") or self.ip)
+
+    @property
+    def cores(self) -> int:
+        cores = self.facts.get("cores")
+        return cores if isinstance(cores, int) and cores > 0 else 1
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The registry as one commit of the repository shows it."""
+
+    members: tuple[Member, ...]
+    master: str | None  # the MAC in `master`, if it holds a valid one
+    problems: tuple[str, ...] = ()  # malformed files, each with its fix
+
+    def get(self, mac: str) -> Member | None:
+        return next((m for m in self.members if m.mac == mac), None)
+
+    @property
+    def master_member(self) -> Member | None:
+        return self.get(self.master) if self.master else None
+
+    @property
+    def workers(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.mac != self.master)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
+def read_master(snapshot: Snapshot) -> tuple[str | None, str | None]:
+    """(the master's MAC or None, a problem or None)."""
+    text = snapshot.read(layout.MASTER)
+    if text is None:
+        return None, None
+    try:
+        return layout.normalize_mac(_first_line(text)), None
+    except ValueError as error:
+        return None, (f"{layout.MASTER}: line 1: {error}; write the master's MAC there, or "
+                      "delete the file to let the next node to register claim it")
+
+
+def read_membership(snapshot: Snapshot) -> Membership:
+    problems = []
+    master, problem = read_master(snapshot)
+    if problem:
+        problems.append(problem)
+    members = []
+    for name in snapshot.listdir(layout.IP_DIR):
+        if name.startswith("."):
+            continue
+        path = f"{layout.IP_DIR}/{name}"
+        try:
+            mac = layout.normalize_mac(name)
+        except ValueError:
+            problems.append(f"{path}: the file name is not a MAC (12 hex digits); "
+                            "rename or delete it")
+            continue
+        if mac != name:
+            problems.append(f"{path}: write the name as {mac} (lower case, no colons)")
+            continue
+        text = snapshot.read(path) or ""
+        try:
+            ip = str(ipaddress.IPv4Address(_first_line(text)))
+        except ValueError:
+            problems.append(f"{path}: line 1: '{_first_line(text)}' is not an IPv4 address; "
+                            "the node rewrites it when it next registers")
+            continue
+        members.append(Member(mac, ip, _read_facts(snapshot, mac, problems)))
+    return Membership(tuple(members), master, tuple(problems))
+
+
+def _read_facts(snapshot: Snapshot, mac: str, problems: list[str]) -> dict[str, object]:
+    path = layout.facts_path(mac)
+    text = snapshot.read(path)
+    if text is None:
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f": line {mark.line + 1}" if mark else ""
+        problems.append(f"{path}{where}: not valid YAML; the node rewrites it when it next "
+                        "registers")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _facts_text(mac: str, facts: dict[str, object]) -> str:
+    return (f"# Facts node {mac} reports about itself; rewritten when it registers.\n"
+            + yaml.safe_dump(facts, sort_keys=True, default_flow_style=False))
+
+
+def registration_ops(node: NodeIdentity, facts: dict[str, object] | None = None) -> list[Op]:
+    """The ops of one registration: the IP file, the facts, and `master` if absent.
+
+    `master` is only ever created, never overwritten: whichever registration reaches
+    main first wins, and the repository decides that, race-free.
+    """
+    ops: list[Op] = [Put(layout.ip_path(node.mac), f"{node.ip}\n")]
+    if facts is not None:
+        ops.append(Put(layout.facts_path(node.mac), _facts_text(node.mac, facts)))
+    ops.append(Create(layout.MASTER, f"{node.mac}\n"))
+    return ops
+
+
+def unregister_ops(mac: str, ip: str) -> list[Op]:
+    """Remove a node's IP file, but only while it still names `ip`: a node that
+    re-registered meanwhile (with a new address) stays."""
+    return [Remove(layout.ip_path(mac), expect=f"{ip}\n")]
+
+
+@dataclass(frozen=True)
+class Registration:
+    mac: str
+    ip: str
+    master: str | None  # who holds `master` after this registration
+    changed: tuple[str, ...]  # repository paths this registration changed
+    commit: str | None  # None: nothing changed, nothing pushed
+    attempts: int
+
+    @property
+    def is_master(self) -> bool:
+        return self.master == self.mac
+
+    def as_dict(self) -> dict[str, object]:
+        return {"mac": self.mac, "ip": self.ip, "master": self.master,
+                "is_master": self.is_master, "changed": list(self.changed),
+                "commit": self.commit, "attempts": self.attempts}
+
+
+def register(repo: ClusterRepo, node: NodeIdentity, facts: dict[str, object] | None = None,
+             *, designated: bool = False) -> Registration:
+    """Register `node` (the seed's ip2file + up2git + master check) and push."""
+    result = repo.transact(registration_ops(node, facts), f"register {node.mac} at {node.ip}")
+    master, problem = read_master(repo.snapshot())
+    if problem:
+        log.warning("%s", problem)
+    if designated and master != node.mac:
+        log.warning("this node (%s) is the designated master, but %s already holds `master`; "
+                    "it is not overwritten. To hand over, write %s into `master` in the "
+                    "cluster repository and push", node.mac, master or "an invalid entry",
+                    node.mac)
+    return Registration(node.mac, node.ip, master, result.changed, result.commit,
+                        result.attempts)

@@ -1,0 +1,213 @@
+"""Tasks: the JSON schema of a task file, its outcome, and the catalogue of what a node runs.
+
+A task file (``queue/<mac>/<id>.json``) is pretty-printed JSON a person can read::
+
+    {"id": "...", "node": "<mac>", "task": "echo", "args": {...},
+     "created_at": "...", "producer": "alice", "eta": null, "expires": null,
+     "retries": 0, "signature": "-----BEGIN SSH SIGNATURE-----..."}
+
+The signature covers every other field (canonical JSON), the node included, so a task
+cannot be replayed to another node.  Only names in the `catalogue` ever run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from picluster import layout
+from picluster.repo import Op
+
+__all__ = [
+    "Catalogue",
+    "Outcome",
+    "Task",
+    "TaskContext",
+    "TaskError",
+    "catalogue",
+    "new_task_id",
+    "now_iso",
+]
+
+_FIELDS = {"id": str, "node": str, "task": str, "args": dict, "created_at": str,
+           "producer": str, "eta": (str, type(None)), "expires": (str, type(None)),
+           "retries": int, "signature": str}
+_OPTIONAL = {"eta": None, "expires": None, "retries": 0}
+
+
+class TaskError(ValueError):
+    """A task file that cannot run; the message says where and how to fix it."""
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def new_task_id() -> str:
+    """Sortable by creation time, unique without coordination."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    node: str
+    task: str
+    args: dict[str, Any]
+    created_at: str
+    producer: str
+    eta: str | None = None
+    expires: str | None = None
+    retries: int = 0
+    signature: str = ""
+
+    def signed_bytes(self) -> bytes:
+        """What the signature covers: every field but the signature, canonical JSON."""
+        data = asdict(self)
+        del data["signature"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, path: str) -> Task:
+        """Parse a task file; TaskError names the file, line and field."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise TaskError(f"{path}: line {error.lineno} column {error.colno}: {error.msg}; "
+                            "a task file is one JSON object (see `picluster enqueue`)") from None
+        if not isinstance(data, dict):
+            raise TaskError(f"{path}: line 1: a task file holds one JSON object, "
+                            f"not {type(data).__name__}")
+        unknown = sorted(set(data) - set(_FIELDS))
+        if unknown:
+            raise TaskError(f"{path}: unknown field(s) {', '.join(unknown)}; "
+                            f"a task has: {', '.join(_FIELDS)}")
+        for name, kind in _FIELDS.items():
+            if name not in data:
+                if name in _OPTIONAL:
+                    data[name] = _OPTIONAL[name]
+                    continue
+                raise TaskError(f"{path}: field '{name}' is missing")
+            if not isinstance(data[name], kind) or isinstance(data[name], bool):
+                raise TaskError(f"{path}: field '{name}' has the wrong type "
+                                f"({type(data[name]).__name__})")
+        task = cls(**data)
+        for name in ("created_at", "eta", "expires"):
+            value = getattr(task, name)
+            if value is not None:
+                try:
+                    parse_time(value)
+                except ValueError:
+                    raise TaskError(f"{path}: field '{name}': '{value}' is not an ISO 8601 "
+                                    "time, e.g. 2026-11-25T14:30:00Z") from None
+        if task.retries < 0:
+            raise TaskError(f"{path}: field 'retries' must be 0 or more")
+        return task
+
+
+@dataclass
+class Outcome:
+    """What became of a task: written to queue/<mac>/done/ (ran) or rejected/ (never ran)."""
+
+    id: str
+    node: str
+    status: str  # "ok", "error" (ran and failed) or "rejected" (never ran)
+    task: str | None = None
+    producer: str | None = None
+    result: Any = None
+    error: str | None = None
+    attempts: int = 0
+    received_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    original: str | None = None  # a rejected task's file, kept so nothing is lost
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        return json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Outcome:
+        data = json.loads(text)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def path(self) -> str:
+        return layout.outcome_path(self.node, self.id, self.status)
+
+
+@dataclass
+class TaskContext:
+    """What a running task may use.  Tasks never touch git: ops they add are pushed by
+    the agent in the same commit as their outcome."""
+
+    settings: Any
+    task: Task
+    ops: list[Op] = field(default_factory=list)
+
+    def include(self, ops: list[Op]) -> None:
+        self.ops.extend(ops)
+
+
+TaskFunction = Callable[[dict[str, Any], TaskContext], Any]
+
+
+class Catalogue:
+    """The task names a node runs; nothing outside it ever runs."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskFunction] = {}
+
+    def task(self, name: str) -> Callable[[TaskFunction], TaskFunction]:
+        def decorator(function: TaskFunction) -> TaskFunction:
+            self._tasks[name] = function
+            return function
+        return decorator
+
+    def get(self, name: str) -> TaskFunction | None:
+        return self._tasks.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+
+catalogue = Catalogue()
+
+
+@catalogue.task("echo")
+def echo(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
+    """Return the arguments: proves the path producer -> git -> node -> git works."""
+    return args
+
+
+@catalogue.task("sleep")
+def sleep(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
+    """Sleep `seconds` (default 1): a stand-in for real work in demos and tests."""
+    seconds = float(args.get("seconds", 1))
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@catalogue.task("register")
+def register(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
+    """Re-register now (new IP, fresh facts, or after being pruned)."""
+    from picluster.identity import facts, identify
+    from picluster.registry import registration_ops
+
+    node = identify(context.settings)
+    context.include(registration_ops(node, facts(context.settings)))
+    return {"mac": node.mac, "ip": node.ip}
