@@ -135,6 +135,9 @@ class Agent:
         except GitError as error:
             log.warning("poll failed, next one in %.0f s: %s", self.settings.poll_interval,
                         error)
+        except Exception:
+            # The service outlives any one bad poll; the traceback says what to fix.
+            log.exception("poll failed, next one in %.0f s", self.settings.poll_interval)
 
     def enqueue_new(self) -> int:
         """Move new tasks from git into huey; store rejections in the outbox.  Returns how
@@ -223,6 +226,8 @@ class Agent:
                 self.flush()
             except GitError as error:
                 log.warning("cannot push outcomes yet, retrying at the next poll: %s", error)
+            except Exception:
+                log.exception("cannot push outcomes; retrying at the next poll")
 
     def flush(self) -> int:
         """Push every outcome in the outbox, each with the removal of its pending file;

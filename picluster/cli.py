@@ -36,7 +36,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    err.print(f"picluster: {message}", markup=False, highlight=False)
+    # Plain print: one line, never wrapped, whatever the terminal.
+    print(f"picluster: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 

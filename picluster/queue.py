@@ -102,8 +102,9 @@ def _check(snapshot: Snapshot, mac: str, path: str, name: str, signers: AllowedS
     text = snapshot.read(path) or ""
 
     def reject(why: str, task: Task | None = None) -> Pending:
+        # Named after the file, which is where the producer looks, whatever the id says.
         return Pending(path, rejection=Outcome(
-            id=task.id if task else safe, node=mac, status="rejected",
+            id=safe, node=mac, status="rejected",
             task=task.task if task else None, producer=task.producer if task else None,
             error=why, received_at=now_iso(), original=text[:_MAX_ORIGINAL]))
 

@@ -57,7 +57,7 @@ class ConfigError(ValueError):
     def __init__(self, path: Path | str, line: int | None, key: str | None, problem: str):
         self.path, self.line, self.key, self.problem = Path(path), line, key, problem
         where = f"{path}:{line}" if line else str(path)
-        what = f" key '{key}'" if key else ""
+        what = f" {key}:" if key else ""
         super().__init__(f"{where}:{what} {problem}")
 
 
@@ -106,7 +106,7 @@ def _parse_value(key: str, raw: str) -> object:
             raise ValueError(f"'{raw}' is not one of {', '.join(sorted(_LOG_LEVELS))}")
         return raw.lower()
     if not raw:
-        raise ValueError("is empty; give a value or delete the line")
+        raise ValueError("no value; give one or delete the line")
     return raw
 
 
@@ -159,10 +159,10 @@ class Settings:
                 close = difflib.get_close_matches(key, DEFAULTS, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else \
                     f"; known keys: {', '.join(DEFAULTS)}"
-                raise ConfigError(source, number, key, f"is unknown{hint}")
+                raise ConfigError(source, number, key, f"unknown key{hint}")
             if key in seen:
                 raise ConfigError(source, number, key,
-                                  f"is set twice (first on line {seen[key]}); keep one")
+                                  f"set twice (first on line {seen[key]}); keep one")
             raw = raw.strip().strip('"').strip("'")
             try:
                 values[key] = _parse_value(key, raw)
@@ -171,7 +171,7 @@ class Settings:
             seen[key] = number
         if "repo" not in values:
             raise ConfigError(source, None, "repo",
-                              "is missing; add a line 'repo = <git URL or path>'")
+                              "missing; add a line 'repo = <git URL or path>'")
         for key in _PATHS:
             if key in values:
                 path = Path(str(values[key])).expanduser()

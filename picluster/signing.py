@@ -108,7 +108,8 @@ class AllowedSigners:
         try:
             key = sshsig.check_signature(message, signature, NAMESPACE)
         except (sshsig.InvalidSignature, ValueError, NotImplementedError) as error:
-            raise SignatureError(f"the signature does not verify ({error})") from None
+            detail = f" ({error})" if str(error) else ""
+            raise SignatureError(f"the signature does not verify{detail}") from None
         for entry in self.entries:
             if entry.key == key and any(fnmatch.fnmatchcase(principal, pattern)
                                         for pattern in entry.principals):

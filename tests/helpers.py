@@ -1,0 +1,122 @@
+"""Shared test helpers: a throwaway cluster repository, node configs, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from picluster import layout
+from picluster.repo import ClusterRepo, Snapshot, init_bare
+from picluster.settings import Settings
+from picluster.signing import signer_line
+
+
+def keypair(path: Path, comment: str = "test") -> Path:
+    """An ed25519 keypair at `path` (private) and `path`.pub."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                    "-f", str(path)], check=True)
+    return path
+
+
+def mac_of(number: int) -> str:
+    return f"b827eb{number:06x}"
+
+
+def ip_of(number: int) -> str:
+    return f"198.18.{number // 250}.{number % 250 + 2}"
+
+
+def run_cli(*args: str, config: Path | None = None, timeout: float = 120,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "picluster"]
+    if config is not None:
+        command += ["--config", str(config)]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout,
+                          check=check, stdin=subprocess.DEVNULL)
+
+
+@dataclass
+class Cluster:
+    """A bare cluster repository with a trusted operator key, and nodes' boot configs."""
+
+    root: Path
+    bare: Path
+    operator_key: Path
+    agents: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def node_config(self, number: int, **extra: object) -> Path:
+        """Write the boot config of a node with a pinned MAC and IP; return its path."""
+        values: dict[str, object] = {"repo": self.bare, "home": self.root / f"node{number}",
+                                     "mac": mac_of(number), "ip": ip_of(number),
+                                     "poll_interval": 0.5, "master_grace": 0}
+        values.update(extra)
+        path = self.root / f"node{number}.conf"
+        path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
+        return path
+
+    def operator_config(self) -> Path:
+        path = self.root / "operator.conf"
+        if not path.exists():
+            path.write_text(f"repo = {self.bare}\nhome = {self.root / 'operator'}\n"
+                            f"signing_key = {self.operator_key}\n")
+        return path
+
+    def operator_repo(self) -> ClusterRepo:
+        return ClusterRepo.from_settings(Settings.load(self.operator_config()), "operator")
+
+    def snapshot(self) -> Snapshot:
+        return self.operator_repo().sync()
+
+    def start_agent(self, config: Path) -> subprocess.Popen[bytes]:
+        log = config.with_suffix(".log").open("ab")
+        agent = subprocess.Popen([sys.executable, "-m", "picluster", "--config", str(config),
+                                  "agent"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.agents.append(agent)
+        return agent
+
+    def stop_agents(self) -> None:
+        for agent in self.agents:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGINT)
+        for agent in self.agents:
+            try:
+                agent.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+        self.agents.clear()
+
+
+def make_cluster(root: Path) -> Cluster:
+    key = keypair(root / "operator_key", "operator")
+    files = layout.seed_files()
+    files[layout.ALLOWED_SIGNERS] += signer_line(key.with_suffix(".pub").read_text(),
+                                                 "operator") + "\n"
+    init_bare(root / "cluster.git", files, "init")
+    return Cluster(root, root / "cluster.git", key)
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str,
+               interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

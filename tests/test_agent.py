@@ -1,0 +1,114 @@
+"""The agent end to end, as real processes against a real (local) git remote."""
+
+import json
+import signal
+import time
+
+from helpers import Cluster, mac_of, run_cli, wait_until
+
+from picluster import layout
+from picluster.queue import enqueue, make_task, outcome_of, wait_for
+from picluster.repo import Put
+
+NODE = mac_of(1)
+
+
+def outcome_files(cluster: Cluster, mac: str, folder: str) -> list[str]:
+    return cluster.snapshot().listdir(f"{layout.queue_dir(mac)}/{folder}", files=True)
+
+
+def test_echo_round_trip_through_the_cli(cluster: Cluster) -> None:
+    cluster.start_agent(cluster.node_config(1))
+    done = run_cli("enqueue", NODE, "echo", "--arg", "msg=hi", "--arg", "n=3", "--wait", "30",
+                   config=cluster.operator_config())
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["status"] == "ok" and outcome["result"] == {"msg": "hi", "n": 3}
+    assert outcome["attempts"] == 1
+    assert cluster.snapshot().listdir(layout.queue_dir(NODE), files=True) == []
+
+
+def test_a_failing_task_reports_its_error_and_exit_1(cluster: Cluster) -> None:
+    cluster.start_agent(cluster.node_config(1))
+    done = run_cli("enqueue", NODE, "sleep", "--arg", "seconds=never", "--wait", "30",
+                   config=cluster.operator_config())
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["error"].startswith("ValueError")
+
+
+def test_wait_times_out_with_exit_3(cluster: Cluster) -> None:
+    done = run_cli("enqueue", NODE, "echo", "--wait", "1", config=cluster.operator_config())
+    assert done.returncode == 3 and "stays queued" in done.stderr
+
+
+def test_bad_tasks_never_run_and_their_outcome_says_why(cluster: Cluster) -> None:
+    repo = cluster.operator_repo()
+    (good,) = enqueue(repo, [make_task(NODE, "echo", {}, "operator")], cluster.operator_key)
+    folder = layout.queue_dir(NODE)
+    forged = json.loads(good.to_json()) | {"id": "forged", "args": {"evil": 1}}
+    repo.transact([Put(f"{folder}/forged.json", json.dumps(forged)),
+                   Put(f"{folder}/broken.json", "{nope"),
+                   Put(f"{folder}/escape.json",
+                       json.dumps(forged | {"id": "../../x"}))], "bad tasks")
+    cluster.start_agent(cluster.node_config(1))
+    wait_until(lambda: len(outcome_files(cluster, NODE, "rejected")) == 3
+               and outcome_files(cluster, NODE, "done"), 30, "three rejections and one result")
+    assert outcome_files(cluster, NODE, "done") == [f"{good.id}.json"]
+    snap = cluster.snapshot()
+    reasons = {name: json.loads(snap.read(f"{folder}/rejected/{name}") or "{}")["error"]
+               for name in outcome_files(cluster, NODE, "rejected")}
+    assert "does not verify" in reasons["forged.json"]
+    assert "line 1 column 2" in reasons["broken.json"]
+    assert "field 'id' is '../../x'" in reasons["escape.json"]
+    assert snap.listdir(folder, files=True) == []  # every pending file acknowledged
+
+
+def test_kill_9_mid_task_then_restart_runs_it_to_exactly_one_outcome(
+        cluster: Cluster) -> None:
+    config = cluster.node_config(1)
+    agent = cluster.start_agent(config)
+    repo = cluster.operator_repo()
+    (task,) = enqueue(repo, [make_task(NODE, "sleep", {"seconds": 3}, "operator")],
+                      cluster.operator_key)
+    log = config.with_suffix(".log")
+    wait_until(lambda: f"queued sleep {task.id}" in log.read_text(), 30, "the task to start")
+    time.sleep(1)
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+    assert outcome_of(repo.sync(), NODE, task.id) is None
+    cluster.start_agent(config)
+    outcome = wait_for(repo, [task], 60)[task.id]
+    assert outcome.status == "ok" and outcome.attempts == 2
+    assert outcome_files(cluster, NODE, "done") == [f"{task.id}.json"]
+    assert outcome_files(cluster, NODE, "rejected") == []
+
+
+def test_sigint_lets_the_running_task_finish_and_push(cluster: Cluster) -> None:
+    config = cluster.node_config(1)
+    agent = cluster.start_agent(config)
+    repo = cluster.operator_repo()
+    (task,) = enqueue(repo, [make_task(NODE, "sleep", {"seconds": 2}, "operator")],
+                      cluster.operator_key)
+    log = config.with_suffix(".log")
+    wait_until(lambda: f"queued sleep {task.id}" in log.read_text(), 30, "the task to start")
+    agent.send_signal(signal.SIGINT)
+    assert agent.wait(timeout=30) == 0
+    assert outcome_of(repo.sync(), NODE, task.id) is not None
+
+
+def test_every_result_lands_while_other_nodes_push(cluster: Cluster) -> None:
+    nodes = [1, 2, 3, 4]
+    for number in nodes:
+        cluster.start_agent(cluster.node_config(number))
+    repo = cluster.operator_repo()
+    tasks = enqueue(repo, [make_task(mac_of(n), "echo", {"i": i}, "operator")
+                           for n in nodes for i in range(10)], cluster.operator_key)
+    # More writers on the same branch while the outcomes are pushed.
+    for i in range(10):
+        repo.transact([Put(f"local-vars/noise/{i}", f"{i}\n")], f"noise {i}")
+    outcomes = wait_for(repo, tasks, 60)
+    assert len(outcomes) == len(tasks)
+    assert {o.status for o in outcomes.values()} == {"ok"}
+    snap = repo.sync()
+    for number in nodes:
+        assert snap.listdir(layout.queue_dir(mac_of(number)), files=True) == []

@@ -1,0 +1,71 @@
+import json
+from dataclasses import replace
+
+from helpers import Cluster, keypair, mac_of
+
+from picluster.queue import enqueue, make_task, scan
+from picluster.repo import Put
+from picluster.tasks import catalogue
+
+NODE = mac_of(1)
+
+
+def rejections(cluster: Cluster) -> dict[str, str]:
+    pending = scan(cluster.snapshot(), NODE, catalogue)
+    return {p.path.rsplit("/", 1)[1]: p.rejection.error for p in pending if p.rejection}
+
+
+def test_a_signed_task_passes(cluster: Cluster) -> None:
+    (task,) = enqueue(cluster.operator_repo(), [make_task(NODE, "echo", {"a": 1}, "operator")],
+                      cluster.operator_key)
+    (pending,) = scan(cluster.snapshot(), NODE, catalogue)
+    assert pending.task == task and pending.rejection is None
+    assert scan(cluster.snapshot(), NODE, catalogue, known={task.id}) == []
+
+
+def test_bad_tasks_are_rejected_with_the_reason(cluster: Cluster) -> None:
+    repo = cluster.operator_repo()
+    good = make_task(NODE, "echo", {}, "operator")
+    unknown = make_task(NODE, "rm-rf", {}, "operator")
+    elsewhere = make_task(mac_of(2), "echo", {}, "operator")
+    signed_good, signed_unknown, signed_elsewhere = enqueue(
+        repo, [good, unknown, elsewhere], cluster.operator_key)
+    mallory = keypair(cluster.root / "mallory")
+    (forged,) = enqueue(repo, [make_task(NODE, "echo", {}, "operator")], mallory)
+    tampered = replace(signed_good, id="tampered", args={"evil": True})
+    escaping = replace(signed_good, id="../../../etc/cron.d/x")
+    folder = f"queue/{NODE}"
+    repo.transact([
+        Put(f"{folder}/tampered.json", tampered.to_json()),
+        Put(f"{folder}/malformed.json", '{"id": "malformed",\n  oops}'),
+        Put(f"{folder}/sneaky.json", escaping.to_json()),
+        Put(f"{folder}/moved.json", replace(signed_elsewhere, id="moved").to_json()),
+        Put(f"{folder}/notes.txt", "hello"),
+    ], "bad tasks")
+    found = rejections(cluster)
+    assert "unknown task 'rm-rf'" in found[f"{signed_unknown.id}.json"]
+    assert "not a trusted signer" in found[f"{forged.id}.json"]
+    assert "does not verify" in found["tampered.json"]
+    assert "line 2 column 3" in found["malformed.json"]
+    assert "field 'id' is '../../../etc/cron.d/x'" in found["sneaky.json"]
+    assert "but it is in" in found["moved.json"] or "does not verify" in found["moved.json"]
+    assert "named <id>.json" in found["notes.txt"]
+    assert f"{signed_good.id}.json" not in found
+
+
+def test_a_rejection_keeps_the_original_and_gets_a_safe_name(cluster: Cluster) -> None:
+    repo = cluster.operator_repo()
+    repo.transact([Put(f"queue/{NODE}/we ird!.json", "{broken")], "weird name")
+    (pending,) = scan(cluster.snapshot(), NODE, catalogue)
+    outcome = pending.rejection
+    assert outcome is not None and outcome.original == "{broken"
+    assert outcome.path() == f"queue/{NODE}/rejected/invalid-we-ird.json"
+
+
+def test_a_task_that_already_ran_is_not_run_again(cluster: Cluster) -> None:
+    repo = cluster.operator_repo()
+    (task,) = enqueue(repo, [make_task(NODE, "echo", {}, "operator")], cluster.operator_key)
+    done = {"id": task.id, "node": NODE, "status": "ok"}
+    repo.transact([Put(f"queue/{NODE}/done/{task.id}.json", json.dumps(done))], "replayed")
+    (pending,) = scan(cluster.snapshot(), NODE, catalogue)
+    assert pending.rejection and "never runs twice" in pending.rejection.error

@@ -1,0 +1,135 @@
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from helpers import Cluster
+
+from picluster.repo import ClusterRepo, Create, GitError, Put, Remove, Snapshot, init_bare
+
+
+def clone(cluster: Cluster, name: str) -> ClusterRepo:
+    return ClusterRepo(str(cluster.bare), cluster.root / name / "repo", writer=name)
+
+
+def git(bare: Path, *args: str) -> str:
+    return subprocess.run(["git", "--git-dir", str(bare), *args], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_ops_apply_and_a_no_op_makes_no_commit(cluster: Cluster) -> None:
+    repo = clone(cluster, "a")
+    first = repo.transact([Put("ip/b827eb000001", "198.18.0.2\n"),
+                           Create("master", "b827eb000001\n")], "register")
+    assert first.commit and first.changed == ("ip/b827eb000001", "master")
+    again = repo.transact([Put("ip/b827eb000001", "198.18.0.2\n"),
+                           Create("master", "b827eb000002\n")], "register again")
+    assert again.commit is None and again.attempts == 0
+    snap = repo.sync()
+    assert snap.read("master") == "b827eb000001\n"  # Create never overwrites
+    assert repo.transact([Remove("ip/b827eb000001", expect="other\n")], "x").commit is None
+    assert repo.transact([Remove("ip/b827eb000001", expect="198.18.0.2\n")], "x").commit
+    assert repo.sync().read("ip/b827eb000001") is None
+
+
+def test_compare_and_set_reapplies_the_change_on_the_new_tip(cluster: Cluster) -> None:
+    repo, other = clone(cluster, "a"), clone(cluster, "b")
+    calls = []
+
+    def increment(snapshot: Snapshot) -> list[Put]:
+        calls.append(snapshot.commit)
+        if len(calls) == 1:  # someone else moves main between our fetch and our push
+            other.transact(lambda s: [Put("counter", "10\n")], "other writer")
+        return [Put("counter", f"{int(snapshot.read('counter') or '0') + 1}\n")]
+
+    result = repo.transact(increment, "increment")
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert result.attempts == 2
+    assert repo.sync().read("counter") == "11\n"
+
+
+def test_concurrent_writers_all_land_and_each_carries_few(cluster: Cluster) -> None:
+    repos = [clone(cluster, f"w{i}") for i in range(8)]
+    for repo in repos:
+        repo.sync()
+    results = {}
+
+    def write(i: int) -> None:
+        results[i] = repos[i].transact([Put(f"ip/w{i}", f"{i}\n"), Create("master", f"{i}\n")],
+                                       f"register w{i}")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    snap = repos[0].sync()
+    assert {f"w{i}" for i in range(8)} <= set(snap.listdir("ip"))
+    assert snap.read("master") in {f"{i}\n" for i in range(8)}
+    assert sum(r.attempts for r in results.values()) <= 2 * 8
+    assert git(cluster.bare, "for-each-ref", "refs/picluster") == ""  # inbox drained
+
+
+def _push_intent(cluster: Cluster, name: str, body: str, stamp: int) -> None:
+    work = cluster.root / "intent-maker"
+    if not work.exists():
+        subprocess.run(["git", "clone", "-q", str(cluster.bare), str(work)], check=True)
+    env = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    sha = subprocess.run(["git", "-C", str(work), *env, "commit-tree",
+                          "4b825dc642cb6eb9a060e54bf8d69288fbee4904", "-m", body],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["git", "-C", str(work), "push", "-q", "origin",
+                    f"{sha}:refs/picluster/inbox/{stamp:015d}-{name}-00000000"], check=True)
+
+
+def test_an_orphaned_intent_is_carried_and_a_malformed_one_dropped(cluster: Cluster) -> None:
+    _push_intent(cluster, "dead", 'intent: x\n\n{"message": "late register", "ops": '
+                 '[{"op": "put", "path": "ip/dead", "content": "1\\n"}]}', 1000)
+    _push_intent(cluster, "junk", "intent: junk\n\nnot json", 1001)
+    result = clone(cluster, "a").carry_orphans()
+    assert result.commit and result.carried == 2
+    snap = clone(cluster, "b").sync()
+    assert snap.read("ip/dead") == "1\n"
+    assert git(cluster.bare, "for-each-ref", "refs/picluster") == ""
+
+
+def test_a_broken_clone_is_moved_aside_and_recloned(cluster: Cluster) -> None:
+    repo = clone(cluster, "a")
+    repo.transact([Put("x", "1\n")], "x")
+    (repo.clone_dir / ".git" / "HEAD").write_text("garbage\n")
+    fresh = ClusterRepo(str(cluster.bare), repo.clone_dir, writer="a")
+    assert fresh.sync().read("x") == "1\n"
+    assert list(repo.clone_dir.parent.glob("repo.broken-*"))
+
+
+def test_unreachable_remote_is_a_clear_error(tmp_path: Path) -> None:
+    repo = ClusterRepo(str(tmp_path / "nowhere.git"), tmp_path / "c", writer="a")
+    with pytest.raises(GitError, match="cannot clone"):
+        repo.sync()
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", ".git/config", "a/../b", "a//b", ""])
+def test_ops_refuse_paths_outside_the_tree(path: str) -> None:
+    with pytest.raises(ValueError, match="plain relative path"):
+        Put(path, "x")
+
+
+def test_snapshot_tells_plain_files_from_symlinks(cluster: Cluster) -> None:
+    work = cluster.root / "w"
+    subprocess.run(["git", "clone", "-q", str(cluster.bare), str(work)], check=True)
+    (work / "queue" / "link.json").symlink_to("/etc/passwd")
+    (work / "queue" / "plain.json").write_text("{}")
+    subprocess.run(["git", "-C", str(work), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@t",
+                    "commit", "-qm", "x"], check=True)
+    subprocess.run(["git", "-C", str(work), "push", "-q"], check=True)
+    snap = clone(cluster, "a").sync()
+    assert snap.is_regular_file("queue/plain.json")
+    assert not snap.is_regular_file("queue/link.json")
+    assert snap.listdir("queue", files=True) == [".gitkeep", "link.json", "plain.json"]
+    assert snap.read("nope") is None and snap.listdir("nope") == []
+
+
+def test_init_bare_refuses_a_repository_with_branches(cluster: Cluster) -> None:
+    with pytest.raises(GitError, match="already has branches"):
+        init_bare(cluster.bare, {"a": "b"}, "again")

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+from helpers import keypair
+
+from picluster.signing import AllowedSigners, SignatureError, sign, signer_line
+
+
+@pytest.fixture
+def alice(tmp_path: Path) -> Path:
+    return keypair(tmp_path / "alice", "alice@laptop")
+
+
+def signers(*lines: str) -> AllowedSigners:
+    return AllowedSigners.parse("# comment\n" + "".join(f"{line}\n" for line in lines),
+                                "local-vars/allowed_signers")
+
+
+def test_a_signed_message_verifies_for_its_signer(alice: Path) -> None:
+    (signature,) = sign([b"hello"], alice)
+    allowed = signers(signer_line(alice.with_suffix(".pub").read_text(), "alice"))
+    allowed.verify(b"hello", signature, "alice")
+    with pytest.raises(SignatureError, match="does not verify"):
+        allowed.verify(b"hello!", signature, "alice")
+    with pytest.raises(SignatureError, match="not a trusted signer for 'mallory'"):
+        allowed.verify(b"hello", signature, "mallory")
+
+
+def test_one_ssh_keygen_signs_a_batch(alice: Path) -> None:
+    messages = [f"m{i}".encode() for i in range(20)]
+    signatures = sign(messages, alice)
+    allowed = signers(signer_line(alice.with_suffix(".pub").read_text(), "alice"))
+    for message, signature in zip(messages, signatures, strict=True):
+        allowed.verify(message, signature, "alice")
+
+
+def test_an_untrusted_key_does_not_verify(alice: Path, tmp_path: Path) -> None:
+    bob = keypair(tmp_path / "bob")
+    (signature,) = sign([b"x"], bob)
+    allowed = signers(signer_line(alice.with_suffix(".pub").read_text(), "alice"))
+    with pytest.raises(SignatureError, match="not a trusted signer"):
+        allowed.verify(b"x", signature, "alice")
+
+
+def test_no_signers_says_how_to_add_one(alice: Path) -> None:
+    (signature,) = sign([b"x"], alice)
+    with pytest.raises(SignatureError, match="picluster trust"):
+        signers().verify(b"x", signature, "alice")
+
+
+def test_keys_for_other_namespaces_are_ignored_and_bad_lines_reported(alice: Path) -> None:
+    key = " ".join(alice.with_suffix(".pub").read_text().split()[:2])
+    allowed = signers(f'alice namespaces="git" {key}', "broken line")
+    assert allowed.entries == ()
+    assert allowed.problems and "line 3" in allowed.problems[0]
+
+
+def test_signer_line_checks_its_input(alice: Path) -> None:
+    with pytest.raises(SignatureError, match="not an OpenSSH public key"):
+        signer_line("hello", "alice")
+    with pytest.raises(SignatureError, match="not a usable signer name"):
+        signer_line(alice.with_suffix(".pub").read_text(), "two words")
+    with pytest.raises(SignatureError, match="does not exist"):
+        sign([b"x"], alice.with_name("missing"))
