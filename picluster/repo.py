@@ -21,6 +21,7 @@ Readers of ``main`` see only DESIGN §2's files; intents never reach ``main`` as
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -58,14 +59,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INBOX = "refs/picluster/inbox"
-_REMOTE_INBOX = "refs/remotes/origin/inbox"
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 # An intent older than this whose writer has not carried it is an orphan (its writer
 # died); any writer carries it, so it never blocks the queue.
 _ORPHAN_AFTER = 10.0
 # A writer that is not first in the inbox carries itself once main has not moved for
-# this long: the carrier it waited for has stalled.
-_PATIENCE = 2.0
+# this long: the carrier it waited for has died.  Generous, because a carrier that is
+# merely slow (a loaded server) must not be joined by every writer at once.
+_PATIENCE = 5.0
 # After its own intent landed, a carrier goes on carrying newcomers this long.
 _DRAIN = 2.0
 
@@ -261,11 +262,6 @@ class ClusterRepo:
     # -- the clone ---------------------------------------------------------------------
 
     @property
-    def _refspecs(self) -> list[str]:
-        return [f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}",
-                f"+{INBOX}/*:{_REMOTE_INBOX}/*"]
-
-    @property
     def repo(self) -> git.Repo:
         if self._repo is None:
             self._repo = self._open()
@@ -309,11 +305,21 @@ class ClusterRepo:
         with self._mutex, self._lock:
             yield
 
-    def _fetch(self) -> str:
-        """Fetch main and the inbox; return the remote tip's sha."""
+    def _fetch(self, intents: Sequence[_Intent] = ()) -> str:
+        """Fetch main (and the objects of `intents`); return the remote tip's sha.
+
+        Intents are fetched without local refs: a ref per intent per fetch would be a
+        file created and deleted on every node for every write.
+        """
+        refspecs = [f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}",
+                    *(intent.ref for intent in intents)]
         try:
-            self.repo.git.fetch("--quiet", "--prune", "--no-tags", "origin", *self._refspecs)
+            with self._mutex:
+                self.repo.git.fetch("--quiet", "--no-tags", "--no-write-fetch-head",
+                                    "origin", *refspecs)
         except git.GitCommandError as error:
+            if intents and "couldn't find remote ref" in str(error.stderr):
+                raise _Refused("an intent was carried meanwhile") from None
             raise GitError(f"cannot fetch from {self.url}: {_last_line(error)}") from None
         return self._remote_tip()
 
@@ -368,10 +374,14 @@ class ClusterRepo:
     def carry_orphans(self) -> TransactResult:
         """Carry intents whose writers died before they landed (the agent calls this)."""
         with self.locked():
-            tip = self._fetch()
-            orphans = [i for i in self._inbox() if i.age > _ORPHAN_AFTER]
+            _, inbox = self._ls_remote(time.monotonic())
+            orphans = [i for i in inbox if i.age > _ORPHAN_AFTER]
             if not orphans:
                 return TransactResult(None)
+            try:
+                tip = self._fetch(orphans)
+            except _Refused:
+                return TransactResult(None)  # somebody else carried them
             pushed, commit = self._push_main(tip, (), "", orphans)
             return TransactResult(commit if pushed else None, attempts=1,
                                   carried=len(orphans) if pushed else 0)
@@ -379,14 +389,17 @@ class ClusterRepo:
     def _compare_and_set(self, change: Callable[[Snapshot], Sequence[Op]], message: str,
                          give_up: float) -> TransactResult:
         for attempts, backoff in enumerate(_backoffs(), start=1):
-            tip = self._fetch_until(give_up)
+            _, intents = self._ls_remote(give_up)
+            try:
+                tip = self._fetch(intents)
+            except _Refused:
+                continue
             snapshot = self._snapshot(tip)
             ops = tuple(change(snapshot))
             changed = _effective(snapshot, ops)
             if not changed:
                 self._reset(tip)
                 return TransactResult(None, attempts=attempts - 1)
-            intents = self._inbox()
             pushed, commit = self._push_main(tip, ops, message, intents)
             if pushed:
                 return TransactResult(commit, attempts, len(intents), changed)
@@ -412,9 +425,9 @@ class ClusterRepo:
 
         # Wait, cheaply (ls-remote writes nothing), until another writer has carried the
         # intent or it is this writer's turn: first in the inbox while nobody else is
-        # moving main, or tired of waiting for a carrier that has stalled.
+        # moving main, or main has stood still too long (its carrier stalled).
         last_tip, last_move = tip, time.monotonic()
-        for delay in _backoffs(first=0.0, cap=1.0):
+        for delay in itertools.chain([0.0], _backoffs(first=0.1, cap=1.0, factor=2.0)):
             time.sleep(delay)
             tip, inbox = self._ls_remote(give_up)
             if mine not in {i.ref for i in inbox}:
@@ -431,17 +444,19 @@ class ClusterRepo:
 
         # This writer's turn: carry everything pending, its own intent included, then
         # keep draining for a moment, so one writer carries a whole storm.
-        carried, landed = 0, None
-        drain_until = None
+        carried, landed, drain_until = 0, None, None
         for backoff in _backoffs():
-            tip = self._fetch_until(give_up)
-            intents = self._inbox()
+            remote_tip, intents = self._ls_remote(give_up)
             own = any(i.ref == mine for i in intents)
             if not own and drain_until is None:
                 drain_until = time.monotonic() + _DRAIN
             if not intents or (not own and time.monotonic() > (drain_until or 0)):
-                self._reset(tip)
-                return TransactResult(landed or tip, attempts, carried, changed)
+                self._sync_to(give_up)
+                return TransactResult(landed or remote_tip, attempts, carried, changed)
+            try:
+                tip = self._fetch(intents)
+            except _Refused:
+                continue
             attempts += 1
             pushed, new_tip = self._push_main(tip, (), message if own else "", intents, mine)
             if pushed:
@@ -459,7 +474,8 @@ class ClusterRepo:
                 f"pushes; it stays queued as {mine} and the next writer carries it")
 
     def _ls_remote(self, give_up: float) -> tuple[str, list[_Intent]]:
-        """The remote's tip and inbox, read without writing anything locally."""
+        """The remote's tip and its inbox (oldest first), read without writing anything
+        locally; transient failures are retried until `give_up`."""
         for backoff in _backoffs(first=0.5, cap=5.0):
             try:
                 with self._mutex:
@@ -469,15 +485,17 @@ class ClusterRepo:
             except git.GitCommandError as error:
                 if time.monotonic() + backoff > give_up:
                     raise GitError(f"cannot read {self.url}: {_last_line(error)}") from None
+                log.warning("cannot read %s (%s); retrying in %.1f s", self.url,
+                            _last_line(error), backoff)
                 time.sleep(backoff)
-        tip, refs = "", []
+        tip, intents = "", []
         for line in out.splitlines():
             sha, ref = line.split()
             if ref == f"refs/heads/{self.branch}":
                 tip = sha
             elif ref.startswith(INBOX + "/"):
-                refs.append((ref, sha))
-        return tip, [_Intent.named(ref, sha) for ref, sha in sorted(refs)]
+                intents.append(_Intent.named(ref, sha))
+        return tip, sorted(intents)
 
     def _sync_to(self, give_up: float) -> None:
         self._reset(self._fetch_until(give_up))
@@ -493,14 +511,6 @@ class ClusterRepo:
                 log.warning("%s; retrying in %.1f s", error, backoff)
                 time.sleep(backoff)
         raise AssertionError("unreachable")
-
-    def _inbox(self) -> list[_Intent]:
-        """Intents waiting in the inbox (as of the last fetch), oldest first."""
-        with self._mutex:
-            refs = git.Reference.iter_items(self.repo, common_path=_REMOTE_INBOX)
-            return sorted(_Intent.named(INBOX + ref.path[len(_REMOTE_INBOX):],
-                                        ref.dereference_recursive(self.repo, ref.path))
-                          for ref in refs)
 
     def _read_intent(self, intent: _Intent) -> tuple[str, tuple[Op, ...]]:
         """The message and ops an intent carries; a malformed one carries nothing."""
@@ -592,12 +602,12 @@ def _apply(root: Path, ops: Sequence[Op]) -> set[str]:
     return changed
 
 
-def _backoffs(first: float = 0.02, cap: float = 0.5) -> Iterator[float]:
-    """Jittered exponential backoff: first, ~1.5x each time, capped."""
+def _backoffs(first: float = 0.02, cap: float = 0.5, factor: float = 1.5) -> Iterator[float]:
+    """Jittered exponential backoff: first, then `factor` times more each time, capped."""
     delay = first
     while True:
-        yield delay * random.uniform(0.5, 1.5) if delay else 0.0
-        delay = min(max(delay, 0.02) * 1.5, cap)
+        yield delay * random.uniform(0.5, 1.5)
+        delay = min(delay * factor, cap)
 
 
 def _last_line(error: git.GitCommandError) -> str:

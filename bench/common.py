@@ -1,0 +1,70 @@
+"""Shared bench helpers: a throwaway cluster repository and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from picluster import layout
+from picluster.repo import init_bare
+from picluster.signing import signer_line
+
+
+def emit(result: dict[str, object]) -> None:
+    print(json.dumps(result, indent=2))
+    sys.stdout.flush()
+
+
+@contextmanager
+def scratch(parent: str | None) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="picluster-bench-", dir=parent))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cluster_repo(root: Path) -> tuple[Path, Path]:
+    """A bare cluster repository trusting a fresh operator key; (bare, key)."""
+    key = root / "operator_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f",
+                    str(key)], check=True)
+    files = layout.seed_files()
+    files[layout.ALLOWED_SIGNERS] += signer_line(key.with_suffix(".pub").read_text(),
+                                                 "operator") + "\n"
+    init_bare(root / "cluster.git", files, "init")
+    return root / "cluster.git", key
+
+
+def write_config(path: Path, **values: object) -> Path:
+    path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
+    return path
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def now() -> float:
+    return time.monotonic()
