@@ -506,22 +506,19 @@ class Lab:
         return ["nsenter", f"--target={self._holder(host)}", "--uts", "--net", "--mount",
                 f"--wd={cwd or os.getcwd()}", "--"]
 
-    def _spawn(self, host: Host, process: str, argv: Sequence[str]) -> int:
-        """Start a long-lived process of `host`, logging to <process>.log; record its pid."""
+    def _spawn(self, host: Host, process: str, argv: Sequence[str],
+               ready: Callable[[int], bool] | None = None, timeout: float = 10.0) -> None:
+        """Start a long-lived process of `host`, logging to <process>.log, and record its
+        pid; then wait until `ready(pid)`, if given."""
         host.dir.mkdir(parents=True, exist_ok=True)
         with host.log(process).open("ab") as log:
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, env=self._env(),
-                                     start_new_session=True)
-        host.pid_file(process).write_text(f"{child.pid}\n")
-        return child.pid
-
-    def _wait_ready(self, host: Host, process: str, ready: Callable[[], bool],
-                    timeout: float = 10.0) -> None:
-        pid = _read_pid(host.pid_file(process))
+            pid = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, env=self._env(),
+                                   start_new_session=True).pid
+        host.pid_file(process).write_text(f"{pid}\n")
         deadline = time.monotonic() + timeout
-        while not ready():
-            if pid is None or not _alive(pid):
+        while ready is not None and not ready(pid):
+            if not _alive(pid):
                 raise LabError(f"{process} of {host.name} exited; the end of "
                                f"{host.log(process)}:\n{_tail(host.log(process))}")
             if time.monotonic() > deadline:
@@ -596,20 +593,19 @@ class Lab:
     def _power_on(self, host: Host) -> None:
         """Plug the host's cable in and start its holder: the host is up, running nothing."""
         _run("ip", "-n", self.bridge_ns, "link", "set", host.port, "up")
+        # `sleep` runs only once the hostname is set.
         self._spawn(host, "holder", [
             "ip", "netns", "exec", host.netns, "unshare", "--uts",
-            "sh", "-c", 'hostname "$1" && exec sleep infinity', "holder", host.name])
-        pid = _read_pid(host.pid_file("holder"))
-        # `sleep` runs only once the hostname is set.
-        self._wait_ready(host, "holder", lambda: pid is not None and _comm(pid) == "sleep")
+            "sh", "-c", 'hostname "$1" && exec sleep infinity', "holder", host.name],
+            ready=lambda pid: _comm(pid) == "sleep")
 
     def _start_sshd(self, host: Host) -> None:
         host.sshd_config.write_text(render_sshd_config(host, Path(f"{self.cluster_key}.pub")))
         # -D: sshd stays the process _spawn recorded; -e: its log goes to sshd.log.
         sshd = shutil.which("sshd", path=_search_path()) or "/usr/sbin/sshd"
         self._spawn(host, "sshd", [*self._enter(host, host.dir), sshd, "-D", "-e",
-                                   "-f", str(host.sshd_config)])
-        self._wait_ready(host, "sshd", lambda: self._listening(host, _SSH_PORT))
+                                   "-f", str(host.sshd_config)],
+                    ready=lambda _: self._listening(host, _SSH_PORT))
 
     def _serve_git(self, mode: str) -> None:
         host = self.git_host
@@ -621,8 +617,8 @@ class Lab:
         self._spawn(host, "git-daemon", [
             *self._enter(host, host.dir), "git", "daemon", f"--listen={host.ip}",
             "--reuseaddr", "--export-all", "--enable=receive-pack", "--informative-errors",
-            f"--base-path={self.bare_repo.parent}", str(self.bare_repo.parent)])
-        self._wait_ready(host, "git-daemon", lambda: self._listening(host, _GIT_DAEMON_PORT))
+            f"--base-path={self.bare_repo.parent}", str(self.bare_repo.parent)],
+            ready=lambda _: self._listening(host, _GIT_DAEMON_PORT))
 
     def _init_repo(self) -> None:
         # The core's own command seeds the repository, so the lab tests what operators run.
@@ -720,10 +716,16 @@ class Lab:
         self._init_repo()
         self._serve_git(git)
 
-        for node in members:
-            report("booting nodes", node.index, nodes)
-            self._prepare_node(node, url, master=node.index == master_index, fast=fast)
+        # The designated master boots first, as an operator would power it on first: a
+        # designated master never takes `master` from a node that registered before it.
+        ordered = sorted(members, key=lambda node: node.index != master_index)
+        for count, node in enumerate(ordered, start=1):
+            report("booting nodes", count, nodes)
+            designated = node.index == master_index
+            self._prepare_node(node, url, master=designated, fast=fast)
             self._start_node(node)
+            if designated:
+                self.converge(timeout, report, [node])
         return self.converge(timeout, report)
 
     # -- watching -------------------------------------------------------------------------
@@ -737,9 +739,11 @@ class Lab:
                            tuple(node.name for node in nodes if node.name not in registered),
                            master)
 
-    def converge(self, timeout: float = 180.0, report: Report = _quiet) -> Convergence:
-        """Wait until every node's ip/<mac> is on the remote's main and a master is elected."""
-        nodes = self.nodes
+    def converge(self, timeout: float = 180.0, report: Report = _quiet,
+                 nodes: Sequence[Node] | None = None) -> Convergence:
+        """Wait until every node's (or every one of `nodes`') ip/<mac> is on the remote's
+        main and a master is elected."""
+        nodes = self.nodes if nodes is None else nodes
         observer = self._observer()
         deadline = time.monotonic() + timeout
         while True:
