@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import Cluster, make_cluster
+
+from picluster.lab import Lab, preflight
 
 # -- core fixtures: a cluster repository on the local file system -----------------------
 
@@ -19,3 +22,41 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield made
     finally:
         made.stop_agents()
+
+
+# -- lab fixtures (owner: picluster/lab.py) ------------------------------------------------
+# Labs are built on first use only, so `pytest -m "not lab"` never touches a namespace.
+# Their directories are short ones under /tmp, not tmp_path: ssh's control sockets live in
+# each node's home and a unix socket's path must fit in 107 bytes.
+
+
+def _lab_in_new_dir() -> Lab:
+    problems = preflight()
+    if problems:
+        pytest.skip("lab tests need root and the lab's packages: " + " / ".join(problems))
+    return Lab(tempfile.mkdtemp(prefix="pcl-", dir="/tmp"))
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """A converged 4-node --fast lab with an ssh git server, shared by the session; removed
+    at its end, also when tests (or `up` itself) fail."""
+    made = _lab_in_new_dir()
+    try:
+        made.up(4, fast=True, timeout=180)
+        yield made
+    finally:
+        made.down()
+
+
+@pytest.fixture
+def fresh_lab() -> Iterator[Lab]:
+    """A lab directory of its own, not built yet; whatever the test builds is removed."""
+    made = _lab_in_new_dir()
+    try:
+        yield made
+    finally:
+        made.down()
+
+
+# -- end of lab fixtures --------------------------------------------------------------------

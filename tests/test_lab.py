@@ -1,0 +1,265 @@
+"""The lab: names, addresses and configs (unit tests), and real labs (`-m lab`, root)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from picluster import lab as lab_module
+from picluster.lab import (
+    FAST_TIMINGS,
+    MAX_NODES,
+    Lab,
+    LabError,
+    NodeStatus,
+    lab_dir,
+    lab_prefix,
+    node_ip,
+    node_mac,
+    parse_hostfile,
+    preflight,
+    render_node_config,
+    render_sshd_config,
+    status_json,
+)
+from picluster.lab_cli import app
+from picluster.layout import format_mac, ip_path, normalize_mac
+from picluster.repo import ClusterRepo, Remove
+from picluster.settings import Settings
+
+# -- names and addresses ---------------------------------------------------------------
+
+
+def test_the_lab_directory_comes_from_the_option_then_the_environment(monkeypatch):
+    monkeypatch.delenv("PICLUSTER_LAB_DIR", raising=False)
+    assert lab_dir() == Path("/tmp/picluster-lab")
+    monkeypatch.setenv("PICLUSTER_LAB_DIR", "/tmp/from-env")
+    assert lab_dir() == Path("/tmp/from-env")
+    assert lab_dir("/tmp/explicit") == Path("/tmp/explicit")
+
+
+def test_the_prefix_is_a_short_hash_of_the_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prefix = lab_prefix(tmp_path / "a")
+    assert prefix.startswith("pcl") and len(prefix) == 9 and int(prefix[3:], 16) >= 0
+    assert lab_prefix("a") == prefix  # the same directory, however it is spelled
+    assert lab_prefix(tmp_path / "b") != prefix
+
+
+def test_every_namespace_and_interface_name_fits_the_kernel(tmp_path):
+    lab = Lab(tmp_path)
+    biggest = lab._node(MAX_NODES)
+    names = [lab.bridge_ns, lab.git_host.netns, lab.git_host.port, biggest.netns, biggest.port]
+    assert all(len(name) <= 15 for name in names), names
+    assert all(netns.startswith(f"{lab.prefix}-")
+               for netns in (lab.bridge_ns, lab.git_host.netns, biggest.netns))
+
+
+def test_macs_are_pi_macs_unique_in_a_lab_and_stable():
+    macs = [node_mac("pcl0a1b2c", index) for index in range(1, MAX_NODES + 1)]
+    assert all(normalize_mac(mac) == mac and mac.startswith("b827eb") for mac in macs)
+    assert len(set(macs)) == MAX_NODES
+    assert node_mac("pcl0a1b2c", 3) == "b827eb0a1b03" == macs[2]
+    assert node_mac("pclffee00", 3) != macs[2]  # another lab, other MACs
+    with pytest.raises(ValueError):
+        node_mac("pcl0a1b2c", 0)
+
+
+def test_node_addresses_stay_in_the_benchmarking_range():
+    assert node_ip(1) == "198.18.0.11"
+    assert all(ipaddress.IPv4Address(node_ip(index)) in ipaddress.IPv4Network("198.18.0.0/15")
+               for index in (1, MAX_NODES))
+    assert ipaddress.IPv4Address(node_ip(MAX_NODES)) < ipaddress.IPv4Address("198.18.0.255")
+    with pytest.raises(ValueError):
+        node_ip(MAX_NODES + 1)
+
+
+# -- what the lab writes -----------------------------------------------------------------
+
+
+def test_a_node_config_is_a_boot_config_the_node_reads(tmp_path):
+    node = Lab(tmp_path)._node(2)
+    text = render_node_config(node, "ssh://root@198.18.0.2/x.git", master=True, fast=True)
+    settings = Settings.parse(text, node.config)
+    assert settings.repo == "ssh://root@198.18.0.2/x.git"
+    assert settings.home == node.home and settings.interface == "eth0"
+    assert settings.hostname == "pi-2" and settings.master is True
+    assert settings.ssh_key == node.ssh_key
+    assert settings.host_key == Path(f"{node.host_key}.pub")
+    assert all(getattr(settings, key) == value for key, value in FAST_TIMINGS.items())
+    plain = Settings.parse(render_node_config(node, "/x.git", master=False, fast=False))
+    assert plain.master is False and plain.poll_interval == Settings(repo="x").poll_interval
+
+
+def test_sshd_config_is_the_node_own_and_key_only(tmp_path):
+    node = Lab(tmp_path)._node(1)
+    lines = render_sshd_config(node, tmp_path / "cluster.pub").splitlines()
+    for line in ("ListenAddress 198.18.0.11", f"HostKey {node.host_key}",
+                 f"PidFile {node.pid_file('sshd')}", "PermitRootLogin prohibit-password",
+                 "PasswordAuthentication no", "UsePAM no", "StrictModes no",
+                 f"AuthorizedKeysFile {tmp_path / 'cluster.pub'}"):
+        assert line in lines
+
+
+def test_parse_hostfile():
+    text = "# rendered by the master\n198.18.0.11 slots=4\n\n198.18.0.12 slots=2  # pi-2\n"
+    assert parse_hostfile(text) == {"198.18.0.11", "198.18.0.12"}
+    assert parse_hostfile("") == set()
+
+
+def test_status_json_shape():
+    node = NodeStatus(name="pi-1", mac="b827eb0a1b01", ip="198.18.0.11", role="master",
+                      state="up", registered=True, in_hostfile=False, agent=True)
+    data = json.loads(json.dumps(status_json([node])))
+    assert data == {"nodes": [{"name": "pi-1", "mac": "b827eb0a1b01", "ip": "198.18.0.11",
+                               "role": "master", "state": "up", "registered": True,
+                               "in_hostfile": False, "agent": True}]}
+
+
+# -- refusing to start, without touching the machine --------------------------------------
+
+
+def test_preflight_says_how_to_install_what_is_missing(monkeypatch):
+    real_which = lab_module.shutil.which
+    monkeypatch.setattr(lab_module.shutil, "which",
+                        lambda exe, path=None: None if exe in ("gmond", "gmetad")
+                        else real_which(exe, path=path))
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    problems = preflight()
+    assert "must run as root" in problems[0]
+    assert problems[1].endswith("apt-get install -y ganglia-monitor gmetad")
+
+
+def test_up_exits_2_with_the_reason_when_the_machine_is_not_ready(monkeypatch, tmp_path):
+    monkeypatch.setattr(lab_module, "preflight", lambda: ["picluster lab must run as root"])
+    result = CliRunner().invoke(app, ["up", "--nodes", "2", "--dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "must run as root" in result.output
+    assert not any(tmp_path.iterdir())  # nothing was made
+
+
+def test_up_refuses_a_directory_too_long_for_ssh_sockets(monkeypatch, tmp_path):
+    monkeypatch.setattr(lab_module, "preflight", list)
+    with pytest.raises(LabError, match="too long") as raised:
+        Lab(tmp_path / ("x" * 60)).up(2)
+    assert raised.value.code == 2
+
+
+# -- real labs ---------------------------------------------------------------------------
+
+
+def run_lab_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    command, rest = args[0], args[1:]
+    return subprocess.run([sys.executable, "-m", "picluster.lab_cli", command, "--dir",
+                           str(lab.dir), *rest], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def lab_namespaces(lab: Lab) -> list[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                             check=True).stdout
+    return [line.split()[0] for line in listing.splitlines()
+            if line.startswith(f"{lab.prefix}-")]
+
+
+def marked_processes(lab: Lab) -> list[int]:
+    """Living processes that carry the lab's environment marker."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            marked = f"PICLUSTER_LAB={lab.prefix}".encode() in \
+                (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if marked and lab_module._alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.lab
+def test_nodes_register_with_exactly_one_master(lab):
+    nodes = lab.status()
+    assert [node.name for node in nodes] == ["pi-1", "pi-2", "pi-3", "pi-4"]
+    assert all(node.registered and node.state == "up" and node.agent for node in nodes)
+    assert [node.mac for node in nodes] == [node_mac(lab.prefix, k) for k in range(1, 5)]
+    assert sum(node.role == "master" for node in nodes) == 1
+    assert sorted(lab_namespaces(lab)) == sorted(
+        [lab.bridge_ns, lab.git_host.netns, *(node.netns for node in lab.nodes)])
+
+    printed = json.loads(run_lab_cli(lab, "status", "--json").stdout)
+    assert [(node["name"], node["ip"], node["registered"]) for node in printed["nodes"]] == \
+        [(f"pi-{k}", node_ip(k), True) for k in range(1, 5)]
+
+
+@pytest.mark.lab
+def test_exec_runs_a_command_as_the_node(lab):
+    assert run_lab_cli(lab, "exec", "pi-1", "--", "hostname").stdout == "pi-1\n"
+    mac = run_lab_cli(lab, "exec", "3", "cat", "/sys/class/net/eth0/address").stdout.strip()
+    assert mac == format_mac(node_mac(lab.prefix, 3))
+    assert run_lab_cli(lab, "exec", "pi-2", "--", "sh", "-c", "exit 3").returncode == 3
+    missing = run_lab_cli(lab, "exec", "pi-9", "--", "true")
+    assert missing.returncode == 1 and "no node 'pi-9'" in missing.stderr
+
+
+@pytest.mark.lab
+def test_a_killed_worker_comes_back_registered_with_its_mac(lab, tmp_path):
+    nodes = lab.status()
+    master = next(node for node in nodes if node.role == "master")
+    worker = next(node for node in reversed(nodes) if node.role == "node")
+
+    lab.kill(worker.name)
+    assert next(n for n in lab.status() if n.name == worker.name).state == "down"
+    assert subprocess.run(["ip", "netns", "pids", lab.node(worker.name).netns],
+                          capture_output=True, text=True, check=True).stdout == ""
+    # Unplugged: the master cannot reach the worker's sshd any more.
+    probe = f"import socket; socket.create_connection(('{worker.ip}', 22), timeout=2)"
+    assert lab.exec(master.name, ["python3", "-c", probe], capture_output=True).returncode
+
+    # What the master's prune would do; the revived node must register again.
+    operator = ClusterRepo(url=str(lab.bare_repo), clone_dir=tmp_path / "repo", writer="test")
+    operator.transact([Remove(ip_path(worker.mac))], f"test: unplug {worker.name}")
+
+    lab.revive(worker.name)
+    lab.converge(timeout=60)
+    back = next(n for n in lab.status() if n.name == worker.name)
+    assert back.registered and back.state == "up" and back.agent and back.mac == worker.mac
+    inside = lab.exec(worker.name, ["cat", "/sys/class/net/eth0/address"],
+                      capture_output=True, text=True).stdout.strip()
+    assert inside == format_mac(worker.mac)
+
+
+@pytest.mark.lab
+def test_down_removes_every_namespace_process_and_file(fresh_lab):
+    state = fresh_lab.up(2, fast=True, master_index=2, git="daemon", timeout=120)
+    assert state.master == "pi-2"  # the designated master, served by git daemon
+    assert json.loads(fresh_lab.state_file.read_text())["repo"].startswith("git://")
+    pids = [pid for group in fresh_lab.pids().values() for pid in group]
+    assert len(pids) >= 6  # per node a holder, sshd and agent at least
+
+    result = run_lab_cli(fresh_lab, "down")
+    assert result.returncode == 0, result.stderr
+    assert lab_namespaces(fresh_lab) == []
+    assert not [pid for pid in pids if lab_module._alive(pid)]
+    assert marked_processes(fresh_lab) == []
+    assert not fresh_lab.dir.exists()
+    assert run_lab_cli(fresh_lab, "down").returncode == 0  # idempotent
+
+
+@pytest.mark.lab
+def test_down_cleans_up_after_a_crashed_up(fresh_lab):
+    with pytest.raises(LabError, match="not converged"):
+        fresh_lab.up(1, fast=True, timeout=0)
+    # A crash can come before the state file is written: down must not need it.
+    fresh_lab.state_file.unlink()
+    assert any(fresh_lab.pids().values())
+
+    fresh_lab.down()
+    assert lab_namespaces(fresh_lab) == []
+    assert marked_processes(fresh_lab) == []
+    assert not fresh_lab.dir.exists()
