@@ -66,7 +66,6 @@ __all__ = [
     "node_mac",
     "parse_hostfile",
     "preflight",
-    "process_rss",
     "render_node_config",
     "render_sshd_config",
     "status_json",
@@ -389,18 +388,6 @@ def _tail(path: Path, lines: int = 8) -> str:
     except OSError:
         return f"    ({path} does not exist)"
     return "\n".join(f"    {line}" for line in text) or f"    ({path} is empty)"
-
-
-def process_rss(pid: int) -> int:
-    """Resident memory of `pid` in bytes (0 when it is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _quiet(_step: str, _done: int, _total: int) -> None:

@@ -1,0 +1,93 @@
+"""Lab up: seconds from `picluster lab up --nodes N --fast` until the cluster converged
+(every node's ip/<mac> on main, one master), and what the lab costs in memory.
+
+    sudo python bench/lab_up.py [--nodes 4 8 16] [--settle 5]
+
+Each N gets a lab of its own in a fresh directory, removed afterwards (also on failure).
+Memory: the sum of the RSS of every process in the lab's namespaces, sampled every
+0.25 s from the start of `up` until `--settle` seconds after convergence (peak), and
+each node's agent at the end.  Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+
+from common import emit, now, rss_mb
+
+from picluster.lab import Lab, LabError, preflight
+
+
+def lab_rss_mb(lab: Lab) -> float:
+    total = 0.0
+    for pids in lab.pids().values():
+        for pid in pids:
+            try:
+                total += rss_mb(pid)
+            except OSError:
+                continue  # it ended between listing and reading
+    return total
+
+
+def measure(count: int, settle: float) -> dict[str, object]:
+    lab = Lab(tempfile.mkdtemp(prefix="pcl-bench-", dir="/tmp"))
+    peak, samples = 0.0, 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak, samples
+        while not stop.wait(0.25):
+            try:
+                peak, samples = max(peak, lab_rss_mb(lab)), samples + 1
+            except LabError:
+                continue  # a namespace came or went between listing and reading it
+
+    steps: dict[str, float] = {}
+
+    def report(step: str, _done: int, _total: int) -> None:
+        steps.setdefault(step.split(" (")[0], now())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    started = now()
+    sampler.start()
+    try:
+        state = lab.up(count, fast=True, report=report)
+        converged = now() - started
+        stop.wait(settle)
+        agents = {node.name: rss_mb(pid)
+                  for node in lab.nodes if (pid := lab.agent_pid(node)) is not None}
+    finally:
+        stop.set()
+        sampler.join()
+        lab.down()
+    return {
+        "nodes": count,
+        "converged_s": round(converged, 2),
+        # of which: building the network, keys, git server and starting every node
+        "all_booted_s": round(steps["registering"] - started, 2),
+        "master": state.master,
+        "peak_lab_rss_mib": round(peak, 1),
+        "rss_samples": samples,
+        "agent_rss_mib": {name: round(rss, 1) for name, rss in agents.items()},
+        "agent_rss_mib_mean": round(sum(agents.values()) / max(len(agents), 1), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds to keep sampling memory after convergence")
+    options = parser.parse_args()
+    problems = preflight()
+    if problems:
+        parser.exit(2, "\n".join(problems) + "\n")
+    runs = [measure(count, options.settle) for count in options.nodes]
+    emit({"bench": "lab_up", "cpus": os.cpu_count(), "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
