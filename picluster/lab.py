@@ -68,6 +68,7 @@ __all__ = [
     "preflight",
     "render_node_config",
     "render_sshd_config",
+    "require_root",
     "status_json",
 ]
 
@@ -325,12 +326,18 @@ def _search_path() -> str:
     return os.pathsep.join(dict.fromkeys(part for part in parts if part))
 
 
+_NOT_ROOT = ("picluster lab must run as root: it creates and enters network namespaces "
+             "(try: sudo picluster lab ...)")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError(_NOT_ROOT, code=2)
+
+
 def preflight() -> list[str]:
     """What stops a lab from starting here, as sentences that say how to fix it."""
-    problems = []
-    if os.geteuid() != 0:
-        problems.append("picluster lab must run as root: it creates network namespaces "
-                        "and starts sshd (try: sudo picluster lab ...)")
+    problems = [] if os.geteuid() == 0 else [_NOT_ROOT]
     path = _search_path()
     missing = sorted({package for exe, package in REQUIRED.items()
                       if not shutil.which(exe, path=path)})
@@ -786,18 +793,20 @@ class Lab:
         return subprocess.run([*self._enter(node), *argv], env=self._env(), check=False,
                               **options)
 
-    def kill(self, name: str) -> None:
+    def kill(self, name: str) -> Node:
         """Pull the node's power: its cable goes dark and every process of it dies at once."""
         node = self.node(name)
         _run("ip", "-n", self.bridge_ns, "link", "set", node.port, "down")
         self._stop([node.netns])
+        return node
 
-    def revive(self, name: str) -> None:
+    def revive(self, name: str) -> Node:
         """Power the node on again: the same cable, MAC and disk; it boots as before."""
         node = self.node(name)
         if self._running(node, "holder") is not None:
             raise LabError(f"{node.name} is already up")
         self._start_node(node)
+        return node
 
     def mpirun(self, args: Sequence[str], **options: Any) -> subprocess.CompletedProcess[Any]:
         """Run mpirun from the master node over the master's rendered hostfile."""

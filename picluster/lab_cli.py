@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -23,7 +22,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from picluster.lab import DEFAULT_DIR, DIR_ENV, GIT_MODES, MAX_NODES, Lab, LabError, status_json
+from picluster.lab import (
+    DEFAULT_DIR,
+    DIR_ENV,
+    GIT_MODES,
+    MAX_NODES,
+    Lab,
+    LabError,
+    require_root,
+    status_json,
+)
 
 __all__ = ["app"]
 
@@ -49,9 +57,8 @@ _PASS_THROUGH = {"ignore_unknown_options": True}
 def _lab(directory: Path | None, *, root: bool = True) -> Iterator[Lab]:
     """The lab in `directory`; a LabError becomes a message and the error's exit code."""
     try:
-        if root and os.geteuid() != 0:
-            raise LabError("picluster lab must run as root: it enters network namespaces "
-                           "(try: sudo picluster lab ...)", code=2)
+        if root:
+            require_root()
         yield Lab(directory)
     except LabError as error:
         err.print(f"picluster lab: {error}", markup=False, highlight=False, soft_wrap=True)
@@ -83,9 +90,9 @@ def up(
 
         state = lab.up(nodes, master_index=master_index, fast=fast, git=git.value,
                        timeout=timeout, report=report)
-    out.print(f"lab up in {lab.dir}: {len(state.registered)} nodes, master {state.master}.\n"
-              f"Next: picluster lab status | exec pi-1 -- hostname | mpirun -np 2 hostname "
-              f"| down", highlight=False)
+    out.print(f"lab up in {lab.dir}: {len(state.registered)} nodes, master {state.master}.",
+              "Next: picluster lab status | exec pi-1 -- hostname | down", sep="\n",
+              highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -132,16 +139,16 @@ def exec_command(
 def kill(node: NodeArgument, directory: DirOption = None) -> None:
     """Pull a node's power: its link goes down and all its processes die at once."""
     with _lab(directory) as lab:
-        lab.kill(node)
-    out.print(f"{node} is down")
+        killed = lab.kill(node)
+    out.print(f"{killed.name} is down")
 
 
 @app.command()
 def revive(node: NodeArgument, directory: DirOption = None) -> None:
     """Power a node on again (same MAC, same disk): it boots and registers as before."""
     with _lab(directory) as lab:
-        lab.revive(node)
-    out.print(f"{node} is booting; watch it with `picluster lab status`")
+        revived = lab.revive(node)
+    out.print(f"{revived.name} is booting; watch it with `picluster lab status`")
 
 
 @app.command(context_settings=_PASS_THROUGH)

@@ -144,6 +144,15 @@ def test_up_exits_2_with_the_reason_when_the_machine_is_not_ready(monkeypatch, t
     assert not any(tmp_path.iterdir())  # nothing was made
 
 
+@pytest.mark.parametrize("command", [["status"], ["exec", "pi-1", "--", "true"],
+                                     ["kill", "pi-1"], ["down"]])
+def test_every_command_says_plainly_that_it_needs_root(monkeypatch, tmp_path, command):
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    result = CliRunner().invoke(app, [*command[:1], "--dir", str(tmp_path), *command[1:]])
+    assert result.exit_code == 2
+    assert "must run as root" in result.output
+
+
 def test_up_refuses_a_directory_too_long_for_ssh_sockets(monkeypatch, tmp_path):
     monkeypatch.setattr(lab_module, "preflight", list)
     with pytest.raises(LabError, match="too long") as raised:
