@@ -40,7 +40,7 @@ from typing import Any
 
 import picluster
 from picluster.layout import MASTER, format_mac, ip_path
-from picluster.repo import ClusterRepo, Snapshot
+from picluster.repo import ClusterRepo, GitError, Snapshot
 from picluster.settings import Settings
 
 __all__ = [
@@ -766,7 +766,10 @@ class Lab:
     def _look(self) -> tuple[list[Node], Convergence, Node | None]:
         """The nodes, the remote's view of them, and the master node (if elected)."""
         nodes = self.nodes
-        state = self._convergence(self._observer().sync(), nodes)
+        try:
+            state = self._convergence(self._observer().sync(), nodes)
+        except GitError as error:
+            raise LabError(f"cannot read the lab's cluster repository: {error}") from None
         return nodes, state, next((node for node in nodes if node.name == state.master), None)
 
     def status(self) -> list[NodeStatus]:
