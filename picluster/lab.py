@@ -347,10 +347,9 @@ def preflight() -> list[str]:
     return problems
 
 
-def _run(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
+def _run(*argv: str, stdin: str | None = None) -> str:
     """Run a short command; LabError with its message if it fails."""
-    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
-                            check=False)
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     if result.returncode:
         why = (result.stderr.strip() or result.stdout.strip()).splitlines()
         raise LabError(f"`{shlex.join(argv)}` failed: {why[-1] if why else result.returncode}")
