@@ -55,8 +55,9 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and of its children that have exited (its git commands)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:

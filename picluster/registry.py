@@ -183,5 +183,7 @@ def register(repo: ClusterRepo, node: NodeIdentity, facts: dict[str, object] | N
                     "it is not overwritten. To hand over, write %s into `master` in the "
                     "cluster repository and push", node.mac, master or "an invalid entry",
                     node.mac)
-    return Registration(node.mac, node.ip, master, result.changed, result.commit,
-                        result.attempts)
+    # `changed` was judged when the change was sent; whether its claim of `master` won
+    # is only known now.
+    changed = tuple(p for p in result.changed if p != layout.MASTER or master == node.mac)
+    return Registration(node.mac, node.ip, master, changed, result.commit, result.attempts)

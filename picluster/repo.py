@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -59,6 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INBOX = "refs/picluster/inbox"
+_WORK_REF = "refs/picluster/work"  # where fast-import leaves the commit about to be pushed
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 # An intent older than this whose writer has not carried it is an orphan (its writer
 # died); any writer carries it, so it never blocks the queue.
@@ -185,16 +187,26 @@ class Snapshot:
     mutex: threading.RLock = field(repr=False, compare=False)
 
     @cached_property
-    def _tree(self) -> git.Tree:
-        with self.mutex:
-            return self.repo.commit(self.commit).tree
+    def _dirs(self) -> dict[str, dict[str, git.Blob | git.Tree]]:
+        # Each directory's entries, parsed once: a snapshot is read many times (a scan
+        # of a busy queue looks up every task), and GitPython re-parses a tree per lookup.
+        return {}
+
+    def _entries(self, directory: str) -> dict[str, git.Blob | git.Tree]:
+        if directory not in self._dirs:
+            if directory:
+                parent, _, name = directory.rpartition("/")
+                tree = self._entries(parent).get(name)
+            else:
+                tree = self.repo.commit(self.commit).tree
+            self._dirs[directory] = ({entry.name: entry for entry in tree}
+                                     if isinstance(tree, git.Tree) else {})
+        return self._dirs[directory]
 
     def _item(self, path: str) -> git.Blob | git.Tree | None:
+        directory, _, name = _check_path(path).rpartition("/")
         with self.mutex:
-            try:
-                return self._tree / _check_path(path)
-            except KeyError:
-                return None
+            return self._entries(directory).get(name)
 
     def read(self, path: str) -> str | None:
         """The text of `path`, or None when it does not exist (or is not a file)."""
@@ -215,11 +227,10 @@ class Snapshot:
     def listdir(self, path: str, *, files: bool = False) -> list[str]:
         """Names directly under directory `path` (only files, with `files`), sorted;
         [] when it does not exist."""
-        item = self._item(path)
-        if not isinstance(item, git.Tree):
+        if not isinstance(self._item(path), git.Tree):
             return []
         with self.mutex:
-            return sorted(entry.name for entry in item
+            return sorted(name for name, entry in self._entries(path).items()
                           if not files or isinstance(entry, git.Blob))
 
 
@@ -268,16 +279,19 @@ class ClusterRepo:
         return self._repo
 
     def _open(self) -> git.Repo:
-        """Open the clone, cloning first; a broken clone is moved aside and re-cloned."""
+        """Open the clone, cloning first; a broken clone is moved aside and re-cloned.
+
+        The clone is bare: every read goes through git's objects (`Snapshot`) and every
+        commit through fast-import, so a busy queue costs no file per task on the SD card.
+        """
         self.clone_dir.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             if self.clone_dir.exists():
                 try:
                     repo = git.Repo(self.clone_dir)
                     repo.git.update_environment(**self._env)
-                    repo.git.rev_parse("--verify", "HEAD")
+                    repo.git.rev_parse("--verify", f"refs/remotes/origin/{self.branch}")
                     repo.git.fsck("--connectivity-only", "--no-dangling")
-                    repo.git.clean("-q", "-f", "-d")
                     return repo
                 except (git.GitError, ValueError) as error:
                     # SD cards corrupt files.  The clone holds no unpushed work outside
@@ -288,14 +302,19 @@ class ClusterRepo:
                                 self.clone_dir, str(error).strip().splitlines()[-1], aside)
                     shutil.move(self.clone_dir, aside)
             log.info("cloning %s into %s", self.url, self.clone_dir)
-            try:
-                repo = git.Repo.clone_from(self.url, self.clone_dir, branch=self.branch,
-                                           env=self._env)
-            except git.GitCommandError as error:
-                shutil.rmtree(self.clone_dir, ignore_errors=True)
-                raise GitError(f"cannot clone {self.url} (branch {self.branch}): "
-                               f"{_last_line(error)}") from None
+            repo = git.Repo.init(self.clone_dir, bare=True)
             repo.git.update_environment(**self._env)
+            repo.create_remote("origin", self.url)
+            # Fetched objects stay packed rather than one file each.
+            repo.git.config("fetch.unpackLimit", "1")
+            self._repo = repo
+            try:
+                self._fetch()
+            except GitError as error:
+                shutil.rmtree(self.clone_dir, ignore_errors=True)
+                self._repo = None
+                raise GitError(f"cannot clone {self.url} (branch {self.branch}): "
+                               f"{str(error).split(': ', 1)[-1]}") from None
             return repo
 
     @contextmanager
@@ -320,6 +339,9 @@ class ClusterRepo:
         except git.GitCommandError as error:
             if intents and "couldn't find remote ref" in str(error.stderr):
                 raise _Refused("an intent was carried meanwhile") from None
+            if "couldn't find remote ref" in str(error.stderr):
+                raise GitError(f"{self.url} has no branch '{self.branch}'; is it a cluster "
+                               "repository (picluster init-repo)?") from None
             raise GitError(f"cannot fetch from {self.url}: {_last_line(error)}") from None
         return self._remote_tip()
 
@@ -328,18 +350,10 @@ class ClusterRepo:
         return git.SymbolicReference.dereference_recursive(
             self.repo, f"refs/remotes/origin/{self.branch}")
 
-    def _reset(self, sha: str) -> None:
-        # Untracked files can only be left by a crash halfway through `_apply`;
-        # `_open` cleans those once, so the hot path need not.
-        self.repo.git.reset("--quiet", "--hard", sha)
-
     def sync(self) -> Snapshot:
-        """Bring the clone to the remote tip and return a snapshot of it."""
+        """Fetch the remote tip and return a snapshot of it."""
         with self.locked():
-            tip = self._fetch()
-            if self.repo.head.commit.hexsha != tip:
-                self._reset(tip)
-            return self._snapshot(tip)
+            return self._snapshot(self._fetch())
 
     def snapshot(self) -> Snapshot:
         """The last synced state, without touching the network."""
@@ -398,7 +412,6 @@ class ClusterRepo:
             ops = tuple(change(snapshot))
             changed = _effective(snapshot, ops)
             if not changed:
-                self._reset(tip)
                 return TransactResult(None, attempts=attempts - 1)
             pushed, commit = self._push_main(tip, ops, message, intents)
             if pushed:
@@ -413,11 +426,10 @@ class ClusterRepo:
         tip = self._fetch_until(give_up)
         changed = _effective(self._snapshot(tip), ops)
         if not changed:
-            self._reset(tip)
             return TransactResult(None)
         body = json.dumps({"message": message, "ops": encode_ops(ops)})
-        with self._mutex:
-            sha = self.repo.git.commit_tree(_EMPTY_TREE, "-m", f"intent: {message}\n\n{body}")
+        with self._mutex, _textfile(f"intent: {message}\n\n{body}") as text:
+            sha = self.repo.git.commit_tree(_EMPTY_TREE, "-F", text)
         # The name sorts by creation time: the inbox is a FIFO.
         mine = f"{INBOX}/{int(time.time() * 1000):015d}-{self.writer}-{uuid.uuid4().hex[:8]}"
         self._push("origin", f"{sha}:{mine}")
@@ -431,7 +443,7 @@ class ClusterRepo:
             time.sleep(delay)
             tip, inbox = self._ls_remote(give_up)
             if mine not in {i.ref for i in inbox}:
-                self._sync_to(give_up)
+                self._fetch_until(give_up)
                 return TransactResult(tip, attempts, 0, changed)
             if tip != last_tip:
                 # Someone is pushing main, and every push of main carries the inbox.
@@ -445,17 +457,19 @@ class ClusterRepo:
         # This writer's turn: carry everything pending, its own intent included, then
         # keep draining for a moment, so one writer carries a whole storm.
         carried, landed, drain_until = 0, None, None
+        remote_tip, intents = tip, inbox
         for backoff in _backoffs():
-            remote_tip, intents = self._ls_remote(give_up)
             own = any(i.ref == mine for i in intents)
             if not own and drain_until is None:
                 drain_until = time.monotonic() + _DRAIN
             if not intents or (not own and time.monotonic() > (drain_until or 0)):
-                self._sync_to(give_up)
+                if remote_tip != self._remote_tip():
+                    self._fetch_until(give_up)
                 return TransactResult(landed or remote_tip, attempts, carried, changed)
             try:
                 tip = self._fetch(intents)
             except _Refused:
+                remote_tip, intents = self._ls_remote(give_up)
                 continue
             attempts += 1
             pushed, new_tip = self._push_main(tip, (), message if own else "", intents, mine)
@@ -465,6 +479,7 @@ class ClusterRepo:
             else:
                 self._check(give_up, message, attempts, mine)
                 time.sleep(backoff)
+            remote_tip, intents = self._ls_remote(give_up)
         raise AssertionError("unreachable")
 
     def _check(self, give_up: float, message: str, attempts: int, mine: str) -> None:
@@ -496,9 +511,6 @@ class ClusterRepo:
             elif ref.startswith(INBOX + "/"):
                 intents.append(_Intent.named(ref, sha))
         return tip, sorted(intents)
-
-    def _sync_to(self, give_up: float) -> None:
-        self._reset(self._fetch_until(give_up))
 
     def _fetch_until(self, give_up: float) -> str:
         """Fetch, retrying transient failures (no network yet, a busy server) until give_up."""
@@ -533,36 +545,65 @@ class ClusterRepo:
         Returns (pushed, the new tip).
         """
         with self._mutex:
-            self._reset(tip)
-            root = Path(self.clone_dir)
-            messages, changed = [], set()
-            for intent in intents:
-                carried_message, carried_ops = self._read_intent(intent)
-                touched = _apply(root, carried_ops)
-                changed |= touched
-                if touched and intent.ref != mine:
-                    messages.append(carried_message)
-            changed |= _apply(root, ops)
-            leases = [f"--force-with-lease={i.ref}:{i.sha}" for i in intents]
+            new_tip = self._commit(tip, ops, message, intents, mine)
             refspecs = [f":{i.ref}" for i in intents]
-            new_tip = tip
-            if changed:
-                self.repo.git.add("--all", "--", *sorted(changed))
-                subject = message or (messages.pop(0) if messages else "carry changes")
-                if messages:
-                    subject += f" (+{len(messages)} carried)"
-                body = ["-m", "\n".join(f"- {m}" for m in messages)] if messages else []
-                self.repo.git.commit("--quiet", "--no-verify", "-m", subject, *body)
-                new_tip = self.repo.head.commit.hexsha
+            if new_tip != tip:
                 refspecs.insert(0, f"{new_tip}:refs/heads/{self.branch}")
-            if not refspecs:
-                return True, tip
-            try:
-                self._push(*leases, "--atomic", "origin", *refspecs)
-            except _Refused:
-                self._reset(tip)
-                return False, None
+            if refspecs:
+                leases = [f"--force-with-lease={i.ref}:{i.sha}" for i in intents]
+                try:
+                    self._push(*leases, "--atomic", "origin", *refspecs)
+                except _Refused:
+                    return False, None
             return True, new_tip
+
+    def _commit(self, tip: str, ops: Sequence[Op], message: str,
+                intents: Sequence[_Intent], mine: str | None) -> str:
+        """Commit the intents, then `ops`, on top of `tip`, with one fast-import (one pack,
+        no working tree); return the new sha, or `tip` itself when nothing changed."""
+        base = self._snapshot(tip)
+        tree: dict[str, str | None] = {}  # path -> content after the ops so far
+
+        def apply(batch: Sequence[Op]) -> bool:
+            touched = False
+            for op in batch:
+                current = tree[op.path] if op.path in tree else base.read(op.path)
+                if op.applies_to(current):
+                    tree[op.path] = None if isinstance(op, Remove) else op.content
+                    touched = True
+            return touched
+
+        messages = []
+        for intent in intents:
+            carried_message, carried_ops = self._read_intent(intent)
+            if apply(carried_ops) and intent.ref != mine:
+                messages.append(carried_message)
+        apply(ops)
+        changes = {path: content for path, content in tree.items()
+                   if content != base.read(path)}
+        if not changes:
+            return tip
+        subject = message or (messages.pop(0) if messages else "carry changes")
+        if messages:
+            subject += f" (+{len(messages)} carried)"
+        text = (subject + "\n" + "".join(f"\n- {m}" for m in messages)).encode()
+        stream = bytearray()
+        stamp = f"{self._env['GIT_COMMITTER_NAME']} <{self._env['GIT_COMMITTER_EMAIL']}> " \
+                f"{int(time.time())} +0000"
+        stream += f"commit {_WORK_REF}\nauthor {stamp}\ncommitter {stamp}\n".encode()
+        stream += b"data %d\n%s\nfrom %s\n" % (len(text), text, tip.encode())
+        for path, content in sorted(changes.items()):
+            if content is None:
+                stream += b"D %s\n" % _quote(path)
+            else:
+                data = content.encode()
+                stream += b"M 100644 inline %s\ndata %d\n%s\n" % (_quote(path), len(data), data)
+        stream += b"done\n"
+        with tempfile.TemporaryFile() as feed:
+            feed.write(stream)
+            feed.seek(0)
+            self.repo.git.fast_import("--quiet", "--force", "--done", istream=feed)
+        return git.SymbolicReference.dereference_recursive(self.repo, _WORK_REF)
 
     def _push(self, *args: str) -> None:
         try:
@@ -580,26 +621,24 @@ class _Refused(Exception):
     """The remote refused a push because it moved: fetch and try again."""
 
 
+@contextmanager
+def _textfile(text: str) -> Iterator[str]:
+    """`text` in a temporary file: messages and path lists can outgrow a command line."""
+    with tempfile.NamedTemporaryFile("w", prefix="picluster-", suffix=".txt") as handle:
+        handle.write(text)
+        handle.flush()
+        yield handle.name
+
+
 def _effective(snapshot: Snapshot, ops: Sequence[Op]) -> tuple[str, ...]:
     """The paths `ops` would change on `snapshot` (empty: the change is a no-op)."""
     return tuple(sorted({op.path for op in ops if op.applies_to(snapshot.read(op.path))}))
 
 
-def _apply(root: Path, ops: Sequence[Op]) -> set[str]:
-    """Apply ops to the working tree at `root`; return the paths that changed."""
-    changed = set()
-    for op in ops:
-        target = root / op.path
-        current = target.read_text() if target.is_file() else None
-        if not op.applies_to(current):
-            continue
-        if isinstance(op, Remove):
-            target.unlink()
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(op.content)
-        changed.add(op.path)
-    return changed
+def _quote(path: str) -> bytes:
+    """A path as fast-import reads it: C-quoted, so spaces and quotes are safe."""
+    escaped = path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'.encode()
 
 
 def _backoffs(first: float = 0.02, cap: float = 0.5, factor: float = 1.5) -> Iterator[float]:
@@ -611,8 +650,10 @@ def _backoffs(first: float = 0.02, cap: float = 0.5, factor: float = 1.5) -> Ite
 
 
 def _last_line(error: git.GitCommandError) -> str:
-    lines = [line for line in str(error.stderr).strip().splitlines() if line.strip()]
-    return lines[-1].strip().removeprefix("stderr: ").strip("'") if lines else str(error)
+    """The last thing git said on stderr (GitPython wraps it in "stderr: '...'")."""
+    text = str(error.stderr or "").strip().removeprefix("stderr:").strip().strip("'")
+    lines = [line.strip() for line in text.splitlines() if line.strip().strip("'")]
+    return lines[-1] if lines else f"git exited with status {error.status}"
 
 
 def init_bare(path: Path, files: dict[str, str], message: str) -> None:
@@ -627,7 +668,9 @@ def init_bare(path: Path, files: dict[str, str], message: str) -> None:
         if bare.git.for_each_ref("refs/heads"):
             raise GitError(f"{path} already has branches; it is not an empty repository")
     else:
-        git.Repo.init(path, bare=True, initial_branch="main")
+        bare = git.Repo.init(path, bare=True, initial_branch="main")
+        # Pushes stay packed rather than one file per object: many small writes.
+        bare.git.config("transfer.unpackLimit", "1")
     work = path.with_name(f".{path.name}.seed-{os.getpid()}")
     try:
         repo = git.Repo.init(work, initial_branch="main")

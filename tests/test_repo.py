@@ -96,7 +96,7 @@ def test_an_orphaned_intent_is_carried_and_a_malformed_one_dropped(cluster: Clus
 def test_a_broken_clone_is_moved_aside_and_recloned(cluster: Cluster) -> None:
     repo = clone(cluster, "a")
     repo.transact([Put("x", "1\n")], "x")
-    (repo.clone_dir / ".git" / "HEAD").write_text("garbage\n")
+    (repo.clone_dir / "HEAD").write_text("garbage\n")
     fresh = ClusterRepo(str(cluster.bare), repo.clone_dir, writer="a")
     assert fresh.sync().read("x") == "1\n"
     assert list(repo.clone_dir.parent.glob("repo.broken-*"))

@@ -1,0 +1,104 @@
+"""Task round trip and throughput against one real agent process.
+
+    python bench/task_roundtrip.py roundtrip [--tasks 100]
+    python bench/task_roundtrip.py throughput [--tasks 1000] [--batch 100]
+
+Round trip: one task at a time, from the producer's enqueue to the outcome visible in git
+to the producer (poll_interval = 1).  Throughput: echo tasks enqueued in batches; tasks/s
+from the first enqueue to the last outcome in git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from common import cluster_repo, emit, now, percentile, scratch, write_config
+
+from picluster.queue import enqueue, make_task, outcome_of, wait_for
+from picluster.repo import ClusterRepo
+
+NODE = "b827eb000001"
+
+
+def start_agent(root: Path, bare: Path) -> subprocess.Popen[bytes]:
+    config = write_config(root / "node.conf", repo=bare, home=root / "node", mac=NODE,
+                          ip="198.18.0.11", poll_interval=1, master_grace=0)
+    log = (root / "agent.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", "picluster", "--config", str(config),
+                             "agent"], stdout=log, stderr=log)
+
+
+def roundtrip(root: Path, bare: Path, key: Path, count: int) -> dict[str, object]:
+    producer = ClusterRepo(str(bare), root / "producer" / "repo", writer="producer")
+    producer.sync()
+    enqueue(producer, [make_task(NODE, "echo", {"warm": 1}, "operator")], key)  # warm-up
+    latencies = []
+    for number in range(count):
+        started = now()
+        (task,) = enqueue(producer, [make_task(NODE, "echo", {"n": number}, "operator")], key)
+        assert wait_for(producer, [task], 60, interval=0.05)[task.id].status == "ok"
+        latencies.append(now() - started)
+    return {"tasks": count, "p50_s": round(percentile(latencies, 0.5), 3),
+            "p95_s": round(percentile(latencies, 0.95), 3),
+            "max_s": round(max(latencies), 3), "target_p50_s": 1.5}
+
+
+def throughput(root: Path, bare: Path, key: Path, count: int, batch: int) -> dict[str, object]:
+    producer = ClusterRepo(str(bare), root / "producer" / "repo", writer="producer")
+    observer = ClusterRepo(str(bare), root / "observer" / "repo", writer="observer")
+    observer.sync()
+    producer.sync()
+    tasks: list = []
+    started = now()
+
+    def produce() -> None:
+        for first in range(0, count, batch):
+            tasks.extend(enqueue(producer, [make_task(NODE, "echo", {"n": n}, "operator")
+                                            for n in range(first, min(first + batch, count))],
+                                 key))
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    thread.join()
+    enqueued = now() - started
+    while True:
+        snapshot = observer.sync()
+        if all(outcome_of(snapshot, NODE, t.id) for t in tasks[-1:]) and \
+                len(snapshot.listdir(f"queue/{NODE}/done", files=True)) >= count:
+            break
+        time.sleep(0.1)
+    elapsed = now() - started
+    return {"tasks": count, "batch": batch, "enqueue_s": round(enqueued, 3),
+            "first_enqueue_to_last_outcome_s": round(elapsed, 3),
+            "tasks_per_s": round(count / elapsed, 1), "target_tasks_per_s": 100}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["roundtrip", "throughput"])
+    parser.add_argument("--tasks", type=int)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--dir")
+    args = parser.parse_args()
+    with scratch(args.dir) as root:
+        bare, key = cluster_repo(root)
+        agent = start_agent(root, bare)
+        try:
+            if args.mode == "roundtrip":
+                result = roundtrip(root, bare, key, args.tasks or 100)
+            else:
+                result = throughput(root, bare, key, args.tasks or 1000, args.batch)
+        finally:
+            agent.send_signal(signal.SIGINT)
+            agent.wait(timeout=60)
+    emit({"benchmark": f"task_{args.mode}", **result})
+
+
+if __name__ == "__main__":
+    main()
