@@ -259,4 +259,7 @@ def agent_command(ctx: typer.Context) -> None:
 
 
 def main() -> None:
+    from picluster import lab_cli
+
+    app.add_typer(lab_cli.app, name="lab")
     app(prog_name="picluster")

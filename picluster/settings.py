@@ -231,6 +231,21 @@ class Settings:
         return self.home / "rendered"
 
     @property
+    def inventory_file(self) -> Path:
+        """The Ansible inventory the master renders: groups [master] and [nodes]."""
+        return self.rendered_dir / "inventory"
+
+    @property
+    def hostfile(self) -> Path:
+        """The OpenMPI hostfile the master renders: `<ip> slots=<cores>` per live node."""
+        return self.rendered_dir / "hostfile"
+
+    @property
+    def cluster_known_hosts(self) -> Path:
+        """Host keys of the registered nodes (from local-vars/), for Ansible and mpirun."""
+        return self.rendered_dir / "known_hosts"
+
+    @property
     def run_dir(self) -> Path:
         """Pid files and scratch space of the services the agent starts."""
         return self.home / "run"
