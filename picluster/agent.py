@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -27,7 +28,9 @@ from huey.constants import EmptyData
 from huey.storage import SqliteStorage
 
 from picluster import layout
+from picluster.ganglia import Daemons
 from picluster.identity import NodeIdentity, facts, identify
+from picluster.master import Master
 from picluster.queue import scan
 from picluster.registry import register
 from picluster.repo import ClusterRepo, GitError, Op, Put, Remove, decode_ops, encode_ops
@@ -60,9 +63,11 @@ class Agent:
     """Everything `picluster agent` runs.  `run()` blocks until SIGINT (graceful: running
     tasks finish and their outcomes are pushed) or SIGTERM."""
 
-    def __init__(self, settings: Settings, tasks: Catalogue = catalogue) -> None:
+    def __init__(self, settings: Settings, tasks: Catalogue = catalogue,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.settings = settings
         self.catalogue = tasks
+        self.clock = clock
         self.node: NodeIdentity = identify(settings)
         self.repo = ClusterRepo.from_settings(settings, self.node.mac)
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -71,13 +76,15 @@ class Agent:
                                storage_class=_Storage)
         self._execute = self.huey.task(context=True, name="picluster.execute")(self._run_task)
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
+        self.daemons = Daemons(settings)
+        self.master = Master(settings, self.repo, lambda: self.node, self.daemons)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         # Moving tasks into huey and pushing outcomes must not interleave: a poll reading
         # a snapshot from before a flush would queue a finished task again.
         self._queue_lock = threading.Lock()
         self.is_master = False
-        self.started = time.monotonic()
+        self.started = clock()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -85,15 +92,46 @@ class Agent:
         """Register (retrying until git answers), recover from a crash, start the jobs."""
         self._register_until_done()
         self._recover()
-        grace = self.settings.master_grace if self.is_master else 0.0
-        first = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=grace)
-        if grace:
-            log.info("this node is master: first poll after the %.0f s grace period", grace)
-        self.scheduler.add_job(self.poll, "interval", seconds=self.settings.poll_interval,
-                               next_run_time=first, id="poll", max_instances=1,
-                               coalesce=True, misfire_grace_time=None)
+        self.daemons.ensure(is_master=False)  # gmond with the config it last had
         self.scheduler.start()
+        self.schedule()
         threading.Thread(target=self._flusher, name="flusher", daemon=True).start()
+
+    def schedule(self) -> None:
+        """(Re)schedule the jobs for this node's role.  The master's first poll and ping
+        wait for `master_grace` after start, so every node can register first; a node
+        that becomes master later starts pinging at once, if the grace has passed."""
+        grace = dt.timedelta(seconds=self.settings.master_grace if self.is_master else 0)
+        first = max(self.clock(), self.started + grace)
+        if self.scheduler.get_job("poll") is None:
+            if grace:
+                log.info("master: first poll after the %.0f s grace period",
+                         grace.total_seconds())
+            self._every("poll", self.poll, self.settings.poll_interval, first)
+        if self.is_master and self.scheduler.get_job("ping") is None:
+            self._every("ping", self.master.ping, self.settings.ping_interval, first)
+        elif not self.is_master and self.scheduler.get_job("ping") is not None:
+            self.scheduler.remove_job("ping")
+
+    def _every(self, name: str, job: Callable[[], object], interval: float,
+               first: dt.datetime) -> None:
+        """Run `job` at `first`, then every `interval` seconds from the start of the last
+        run, at once if a run overran: never two at a time, never a missed turn piling up.
+        """
+        def run() -> None:
+            started = self.clock()
+            try:
+                job()
+            except Exception:
+                # A job outlives any one bad run; the traceback says what to fix.
+                log.exception("%s failed; next run in %.0f s", name, interval)
+            finally:
+                due = max(self.clock(), started + dt.timedelta(seconds=interval))
+                if not self._stopping.is_set() and (name != "ping" or self.is_master):
+                    self._every(name, job, interval, due)
+
+        self.scheduler.add_job(run, "date", run_date=first, id=name, replace_existing=True,
+                               misfire_grace_time=None)
 
     def run(self) -> None:
         self.start()
@@ -115,6 +153,7 @@ class Agent:
             self.flush()
         except GitError as error:
             log.warning("outcomes stay in the local outbox until the next start: %s", error)
+        self.daemons.stop()
         log.info("agent stopped")
 
     # -- the jobs ----------------------------------------------------------------------
@@ -139,7 +178,9 @@ class Agent:
             log.info("registered %s at %s (%s)", reg.mac, reg.ip, ", ".join(reg.changed))
         if reg.is_master != self.is_master:
             log.info("role: %s", "master" if reg.is_master else "node")
-        self.is_master = reg.is_master
+            self.is_master = reg.is_master
+            if self.scheduler.running:
+                self.schedule()
 
     def poll(self) -> None:
         """One poll: registration, orphans, and new tasks into huey."""
@@ -148,12 +189,12 @@ class Agent:
             self.repo.carry_orphans()
             self.enqueue_new()
             self.flush()
+            if self.is_master:
+                self.master.render()
+            self.daemons.ensure(is_master=self.is_master)
         except GitError as error:
             log.warning("poll failed, next one in %.0f s: %s", self.settings.poll_interval,
                         error)
-        except Exception:
-            # The service outlives any one bad poll; the traceback says what to fix.
-            log.exception("poll failed, next one in %.0f s", self.settings.poll_interval)
 
     def enqueue_new(self) -> int:
         """Move new tasks from git into huey; store rejections in the outbox.  Returns how
@@ -240,6 +281,7 @@ class Agent:
             self._wake.clear()
             try:
                 self.flush()
+                self.daemons.ensure(is_master=self.is_master)  # a config task may have run
             except GitError as error:
                 log.warning("cannot push outcomes yet, retrying at the next poll: %s", error)
             except Exception:

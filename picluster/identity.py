@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import platform
 import socket
@@ -79,10 +80,15 @@ def facts(settings: Settings) -> dict[str, object]:
         host_key = " ".join(settings.host_key.read_text().split()[:2])
     except OSError:
         host_key = None
+    try:
+        ganglia = json.loads(settings.ganglia_state.read_text())["digest"]
+    except (OSError, ValueError, KeyError):
+        ganglia = None  # not configured yet: the master will send a config
     return {
         "hostname": socket.gethostname(),
         "cores": os.cpu_count() or 1,
         "model": _model(),
         "host_key": host_key,
+        "ganglia": ganglia,
         "picluster": __version__,
     }

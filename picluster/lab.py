@@ -90,7 +90,7 @@ _GIT_DAEMON_PORT = 9418
 
 # `--fast`: the timings (seconds) of a lab that converges and prunes while you watch.
 FAST_TIMINGS: dict[str, int] = {"poll_interval": 1, "master_grace": 3, "ping_interval": 2,
-                                "prune_after": 2, "ping_timeout": 2}
+                                "prune_after": 2, "ping_timeout": 1}
 
 # Every executable the lab runs, and the Debian package that has it.
 REQUIRED = {
@@ -614,14 +614,18 @@ class Lab:
             ready=lambda _: self._listening(host, _GIT_DAEMON_PORT))
 
     def _init_repo(self) -> None:
-        # The core's own command seeds the repository, so the lab tests what operators run.
-        result = subprocess.run(
-            [sys.executable, "-m", "picluster", "init-repo", str(self.bare_repo),
-             "--signer", f"{self.operator_key}.pub", "--name", "operator"],
-            capture_output=True, text=True, env=self._env(), check=False)
-        if result.returncode:
-            raise LabError(f"`picluster init-repo {self.bare_repo}` failed:\n"
-                           f"{result.stderr.strip() or result.stdout.strip()}")
+        # The core's own commands seed the repository, so the lab tests what operators run:
+        # the operator signs their tasks, the master signs its own with the cluster key.
+        for args in (["init-repo", str(self.bare_repo), "--signer",
+                      f"{self.operator_key}.pub", "--name", "operator"],
+                     ["--config", str(self.operator_config), "trust",
+                      f"{self.cluster_key}.pub", "--name", "cluster"]):
+            result = subprocess.run([sys.executable, "-m", "picluster", *args],
+                                    capture_output=True, text=True, env=self._env(),
+                                    check=False)
+            if result.returncode:
+                raise LabError(f"`picluster {' '.join(args)}` failed:\n"
+                               f"{result.stderr.strip() or result.stdout.strip()}")
 
     def _boot(self, node: Node) -> None:
         """Switch on the node's software: its first-boot command, run as on a Pi."""

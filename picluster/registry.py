@@ -18,9 +18,11 @@ from picluster.identity import NodeIdentity
 from picluster.repo import ClusterRepo, Create, Op, Put, Remove, Snapshot
 
 __all__ = [
+    "ClusterVars",
     "Member",
     "Membership",
     "Registration",
+    "read_cluster_vars",
     "read_membership",
     "register",
     "registration_ops",
@@ -126,6 +128,46 @@ def _read_facts(snapshot: Snapshot, mac: str, problems: list[str]) -> dict[str, 
                         "registers")
         return {}
     return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class ClusterVars:
+    """Cluster-wide settings from local-vars/cluster.yml (defaults when absent)."""
+
+    name: str = "picluster"
+    ssh_user: str = "root"
+    gmond_port: int = 8649
+    gmetad_xml_port: int = 8651
+    problems: tuple[str, ...] = ()
+
+
+def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
+    text = snapshot.read(layout.CLUSTER_VARS) or ""
+    problems: list[str] = []
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f": line {mark.line + 1}" if mark else ""
+        return ClusterVars(problems=(f"{layout.CLUSTER_VARS}{where}: not valid YAML; "
+                                     "defaults apply until it is fixed",))
+    data = data if isinstance(data, dict) else {}
+    ganglia = data.get("ganglia") if isinstance(data.get("ganglia"), dict) else {}
+    values = {"name": data.get("name"), "ssh_user": data.get("ssh_user"),
+              "gmond_port": ganglia.get("gmond_port"),
+              "gmetad_xml_port": ganglia.get("gmetad_xml_port")}
+    defaults = ClusterVars()
+    chosen: dict[str, object] = {}
+    for key, value in values.items():
+        default = getattr(defaults, key)
+        if value is None:
+            continue
+        if not isinstance(value, type(default)) or isinstance(value, bool):
+            problems.append(f"{layout.CLUSTER_VARS}: '{key}' should be a "
+                            f"{type(default).__name__}, not {value!r}; using {default!r}")
+            continue
+        chosen[key] = value
+    return ClusterVars(**chosen, problems=tuple(problems))  # type: ignore[arg-type]
 
 
 def _facts_text(mac: str, facts: dict[str, object]) -> str:

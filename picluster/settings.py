@@ -246,6 +246,11 @@ class Settings:
         return self.rendered_dir / "known_hosts"
 
     @property
+    def ganglia_state(self) -> Path:
+        """The Ganglia config this node last applied (JSON with its digest, a fact)."""
+        return self.rendered_dir / "ganglia.json"
+
+    @property
     def run_dir(self) -> Path:
         """Pid files and scratch space of the services the agent starts."""
         return self.home / "run"

@@ -211,3 +211,23 @@ def register(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     node = identify(context.settings)
     context.include(registration_ops(node, facts(context.settings)))
     return {"mac": node.mac, "ip": node.ip}
+
+
+@catalogue.task("ganglia")
+def ganglia(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
+    """Apply the Ganglia config the master sent (its IP, ports, timings); the agent then
+    restarts gmond with it.  The node's facts report the config it now runs."""
+    import socket
+
+    from picluster.ganglia import apply, digest
+    from picluster.identity import facts, identify
+    from picluster.registry import registration_ops
+    from picluster.render import GangliaConfig
+
+    config = GangliaConfig.from_args(args)
+    node = identify(context.settings)
+    changed = apply(context.settings, config, own_ip=node.ip, hostname=socket.gethostname(),
+                    is_master=False)
+    context.include(registration_ops(node, facts(context.settings)))
+    return {"changed": changed, "master_ip": config.master_ip,
+            "digest": digest(config.for_worker())}

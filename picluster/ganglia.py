@@ -1,0 +1,131 @@
+"""Ganglia on a node: apply the config the master sent, and keep gmond (and, on the master,
+gmetad) running with it.
+
+The agent supervises both daemons itself, on a Pi as in the lab: `Daemons.ensure()` starts
+what should run, restarts what runs with a config that has since changed, and stops what
+should not run.  Configs are written by `apply`, which the `ganglia` task calls on workers
+and the master's render job calls on the master.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+from picluster.render import GangliaConfig, gmetad_conf, gmond_conf, install
+from picluster.settings import Settings
+
+__all__ = ["Daemons", "apply", "digest"]
+
+log = logging.getLogger(__name__)
+
+
+def digest(config: GangliaConfig) -> str:
+    """A short fingerprint of a config: nodes report it, the master compares it."""
+    text = json.dumps(asdict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _configs(settings: Settings) -> tuple[Path, Path]:
+    return settings.rendered_dir / "gmond.conf", settings.rendered_dir / "gmetad.conf"
+
+
+def apply(settings: Settings, config: GangliaConfig, *, own_ip: str, hostname: str,
+          is_master: bool) -> bool:
+    """Write this node's Ganglia configs for `config`; True when anything changed.
+    The daemons pick them up at the next `Daemons.ensure`."""
+    gmond, gmetad = _configs(settings)
+    changed = install(gmond, gmond_conf(config, own_ip=own_ip, hostname=hostname,
+                                        is_master=is_master))
+    if is_master:
+        rrds = settings.home / "ganglia" / "rrds"
+        rrds.mkdir(parents=True, exist_ok=True)
+        changed |= install(gmetad, gmetad_conf(config, rrd_dir=rrds))
+    elif gmetad.exists():
+        gmetad.unlink()
+        changed = True
+    state = {"digest": digest(config if is_master else config.for_worker()),
+             "role": "master" if is_master else "node", "config": asdict(config)}
+    return install(settings.ganglia_state, json.dumps(state, indent=2) + "\n") or changed
+
+
+class _Daemon:
+    """One supervised daemon: a child of the agent, restarted when its config changes."""
+
+    def __init__(self, name: str, config: Path, settings: Settings) -> None:
+        self.name, self.config = name, config
+        self.pidfile = settings.run_dir / f"{name}.pid"
+        self.logfile = settings.run_dir / f"{name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._running_config: str | None = None
+
+    def _argv(self) -> list[str]:
+        if self.name == "gmetad":  # a debug level keeps it in the foreground
+            return ["gmetad", "-c", str(self.config), "-p", str(self.pidfile), "-d", "1"]
+        return ["gmond", "-c", str(self.config), "-p", str(self.pidfile)]
+
+    def ensure(self, wanted: bool) -> None:
+        text = self.config.read_text() if wanted and self.config.exists() else None
+        alive = self._process is not None and self._process.poll() is None
+        if text is None:
+            if alive:
+                self.stop()
+            return
+        if alive and text == self._running_config:
+            return
+        self.stop()
+        self._stop_stale()
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        with self.logfile.open("ab") as log_file:
+            self._process = subprocess.Popen(self._argv(), stdout=log_file, stderr=log_file,
+                                             stdin=subprocess.DEVNULL)
+        self._running_config = text
+        log.info("%s %s with %s (pid %d)", "restarted" if alive else "started", self.name,
+                 self.config, self._process.pid)
+
+    def _stop_stale(self) -> None:
+        """A daemon left by an agent that died: gmetad will not start while it lives."""
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            return
+        if cmdline and Path(cmdline[0].decode()).name == self.name \
+                and str(self.config).encode() in cmdline:
+            os.kill(pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process, self._running_config = None, None
+
+
+class Daemons:
+    """gmond on every node, gmetad on the master, as children of the agent."""
+
+    def __init__(self, settings: Settings) -> None:
+        gmond, gmetad = _configs(settings)
+        self._gmond = _Daemon("gmond", gmond, settings)
+        self._gmetad = _Daemon("gmetad", gmetad, settings)
+
+    def ensure(self, *, is_master: bool) -> None:
+        """Run what the configs on disk say should run; stop the rest."""
+        self._gmond.ensure(True)
+        self._gmetad.ensure(is_master)
+
+    def stop(self) -> None:
+        self._gmetad.stop()
+        self._gmond.stop()

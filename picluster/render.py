@@ -1,0 +1,189 @@
+"""Views of the registry, rendered deterministically: the same membership always gives the
+same bytes, so a view is rewritten (and its users restarted) only when it changes.
+
+`Views` holds what the master renders for the cluster (Ansible inventory, OpenMPI hostfile,
+known_hosts); `gmond_conf` and `gmetad_conf` are Ganglia's configs, rendered on the node
+that runs them.  `install` writes a file atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from picluster.registry import Member, Membership
+
+__all__ = ["GangliaConfig", "Views", "gmetad_conf", "gmond_conf", "install", "render_views"]
+
+_HEADER = "# Rendered by picluster from ip/, master and local-vars/; rewritten on every change.\n"
+
+
+def _by_ip(members: Sequence[Member]) -> list[Member]:
+    return sorted(members, key=lambda m: ipaddress.IPv4Address(m.ip))
+
+
+@dataclass(frozen=True)
+class Views:
+    inventory: str
+    hostfile: str
+    known_hosts: str
+
+    def files(self) -> dict[str, str]:
+        """Repository path -> content, for the views committed to the repository."""
+        return {"inventory": self.inventory, "hostfile": self.hostfile}
+
+
+def render_views(membership: Membership, ssh_user: str) -> Views:
+    """The inventory (groups [master] and [nodes], as in the seed), the MPI hostfile
+    (master first, `<ip> slots=<cores>`) and the host keys nodes registered."""
+    master = membership.master_member
+    workers = _by_ip(membership.workers)
+
+    def host(member: Member) -> str:
+        return f"{member.ip} mac={member.mac} hostname={member.hostname}\n"
+
+    inventory = _HEADER + "[master]\n" + (host(master) if master else "") + "\n[nodes]\n"
+    inventory += "".join(host(m) for m in workers)
+    inventory += (f"\n[all:vars]\nansible_user={ssh_user}\n"
+                  "ansible_python_interpreter=/usr/bin/python3\n")
+    ordered = ([master] if master else []) + workers
+    hostfile = _HEADER + "".join(f"{m.ip} slots={m.cores}\n" for m in ordered)
+    known_hosts = "".join(f"{m.ip} {m.facts['host_key']}\n" for m in ordered
+                          if isinstance(m.facts.get("host_key"), str))
+    return Views(inventory, hostfile, known_hosts)
+
+
+@dataclass(frozen=True)
+class GangliaConfig:
+    """Everything a node's Ganglia config depends on; the master sends it in a task."""
+
+    cluster: str
+    master_ip: str
+    gmond_port: int = 8649
+    gmetad_xml_port: int = 8651
+    metadata_interval: int = 20  # seconds between heartbeats and metadata resends
+    host_dmax: int = 600  # a host silent this long is dropped
+    members: tuple[str, ...] = ()  # IPs allowed to send to the master's gmond
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, object]) -> GangliaConfig:
+        known = {k: v for k, v in args.items() if k in cls.__dataclass_fields__}
+        if "members" in known:
+            known["members"] = tuple(str(ip) for ip in known["members"])  # type: ignore[union-attr]
+        return cls(**known)  # type: ignore[arg-type]
+
+    def for_worker(self) -> GangliaConfig:
+        """What a worker's config depends on: not the member list."""
+        return GangliaConfig(self.cluster, self.master_ip, self.gmond_port,
+                             self.gmetad_xml_port, self.metadata_interval, self.host_dmax)
+
+
+def _modules() -> str:
+    # Module paths depend on the architecture (x86_64-linux-gnu, aarch64-linux-gnu...).
+    found = {Path(p).name: p for p in glob.glob("/usr/lib/*/ganglia/mod*.so")}
+    lines = ['  module {\n    name = "core_metrics"\n  }\n']
+    for name, library in (("cpu_module", "modcpu.so"), ("load_module", "modload.so"),
+                          ("mem_module", "modmem.so"), ("net_module", "modnet.so"),
+                          ("sys_module", "modsys.so")):
+        if library in found:
+            lines.append(f'  module {{\n    name = "{name}"\n    path = "{found[library]}"\n  }}\n')
+    return "modules {\n" + "".join(lines) + "}\n"
+
+
+_METRICS = """\
+collection_group {
+  collect_once = yes
+  time_threshold = HEARTBEAT
+  metric { name = "heartbeat" }
+}
+collection_group {
+  collect_once = yes
+  time_threshold = 1200
+  metric { name = "cpu_num" }
+  metric { name = "mem_total" }
+  metric { name = "boottime" }
+  metric { name = "machine_type" }
+  metric { name = "os_name" }
+  metric { name = "os_release" }
+}
+collection_group {
+  collect_every = 20
+  time_threshold = 90
+  metric { name = "cpu_user" value_threshold = "1.0" }
+  metric { name = "cpu_system" value_threshold = "1.0" }
+  metric { name = "cpu_idle" value_threshold = "5.0" }
+}
+collection_group {
+  collect_every = 20
+  time_threshold = 90
+  metric { name = "load_one" value_threshold = "1.0" }
+  metric { name = "load_five" value_threshold = "1.0" }
+}
+collection_group {
+  collect_every = 40
+  time_threshold = 180
+  metric { name = "mem_free" value_threshold = "1024" }
+  metric { name = "bytes_in" value_threshold = 4096 }
+  metric { name = "bytes_out" value_threshold = 4096 }
+}
+"""
+
+
+def gmond_conf(config: GangliaConfig, *, own_ip: str, hostname: str, is_master: bool) -> str:
+    """gmond.conf for one node: unicast to the master; only the master listens (to its
+    members only) and answers gmetad."""
+    listen = ""
+    if is_master:
+        allowed = "".join(f'    access {{ ip = {ip} mask = 32 action = "allow" }}\n'
+                          for ip in sorted(set(config.members) | {own_ip},
+                                           key=ipaddress.IPv4Address))
+        listen = (f"udp_recv_channel {{\n  bind = {own_ip}\n  port = {config.gmond_port}\n"
+                  f'  acl {{\n    default = "deny"\n{allowed}  }}\n}}\n'
+                  f"tcp_accept_channel {{\n  bind = {own_ip}\n  port = {config.gmond_port}\n}}\n")
+    return (_HEADER.replace("#", "/*", 1).rstrip("\n") + " */\n"
+            "globals {\n  daemonize = no\n  setuid = no\n  debug_level = 0\n"
+            "  max_udp_msg_len = 1472\n  mute = no\n  deaf = " + ("no" if is_master else "yes")
+            + f"\n  host_dmax = {config.host_dmax}\n  cleanup_threshold = 300\n  gexec = no\n"
+            f"  send_metadata_interval = {config.metadata_interval}\n"
+            f'  override_hostname = "{hostname}"\n}}\n'
+            f'cluster {{\n  name = "{config.cluster}"\n  owner = "picluster"\n}}\n'
+            f'host {{\n  location = "{hostname}"\n}}\n'
+            f"udp_send_channel {{\n  host = {config.master_ip}\n  port = {config.gmond_port}\n"
+            "  ttl = 1\n}\n" + listen + _modules()
+            # A restarted master gmond knows a host again at its next heartbeat.
+            + _METRICS.replace("HEARTBEAT", str(config.metadata_interval)))
+
+
+def gmetad_conf(config: GangliaConfig, *, rrd_dir: Path) -> str:
+    """gmetad.conf for the master: one data source, its own gmond; the members may read."""
+    trusted = " ".join(sorted(set(config.members) | {config.master_ip, "127.0.0.1"},
+                              key=ipaddress.IPv4Address))
+    return (_HEADER
+            + f'data_source "{config.cluster}" 5 {config.master_ip}:{config.gmond_port}\n'
+            f'gridname "{config.cluster}"\n'
+            "setuid off\n"
+            f"xml_port {config.gmetad_xml_port}\n"
+            f"interactive_port {config.gmetad_xml_port + 1}\n"
+            f"trusted_hosts {trusted}\n"
+            f'rrd_rootdir "{rrd_dir}"\n')
+
+
+def install(path: Path, content: str, mode: int = 0o644) -> bool:
+    """Write `content` to `path` atomically; False (and no write) when it is already so."""
+    try:
+        if path.read_text() == content:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
+                                     delete=False) as handle:
+        handle.write(content)
+    os.chmod(handle.name, mode)
+    os.replace(handle.name, path)
+    return True
