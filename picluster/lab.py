@@ -806,6 +806,18 @@ class Lab:
         self._stop([node.netns])
         return node
 
+    def unplug(self, name: str) -> Node:
+        """Pull the node's cable only: it keeps running but nobody reaches it."""
+        node = self.node(name)
+        _run("ip", "-n", self.bridge_ns, "link", "set", node.port, "down")
+        return node
+
+    def plug(self, name: str) -> Node:
+        """Plug the node's cable back in."""
+        node = self.node(name)
+        _run("ip", "-n", self.bridge_ns, "link", "set", node.port, "up")
+        return node
+
     def revive(self, name: str) -> Node:
         """Power the node on again: the same cable, MAC and disk; it boots as before."""
         node = self.node(name)

@@ -1,0 +1,237 @@
+"""The master's jobs against a real local repository; Ansible replaced by a script."""
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+from helpers import Cluster, ip_of, mac_of, wait_until
+
+from picluster import ansible, layout
+from picluster.agent import Agent
+from picluster.identity import NodeIdentity
+from picluster.lab import Lab
+from picluster.master import Master
+from picluster.registry import read_membership, register
+from picluster.settings import Settings
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbc"
+
+
+class NoDaemons:
+    def ensure(self, *, is_master: bool) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture
+def master(cluster: Cluster) -> Master:
+    settings = Settings.load(cluster.node_config(1, ssh_key=cluster.operator_key,
+                                                 prune_after=2))
+    repo = cluster.operator_repo()
+    for number in (1, 2, 3):
+        register(repo, NodeIdentity(mac_of(number), ip_of(number)),
+                 {"cores": 2, "host_key": KEY, "hostname": f"pi-{number}"})
+    repo.sync()
+    return Master(settings, repo, lambda: NodeIdentity(mac_of(1), ip_of(1)), NoDaemons())
+
+
+def script_pings(monkeypatch: pytest.MonkeyPatch, rounds: list[set[str]]) -> list[set[str]]:
+    """Each ping round answers for the IPs in the next set; records who was pinged."""
+    pinged: list[set[str]] = []
+
+    def fake_ping(settings: Settings, hosts: dict, user: str, known: Path) -> ansible.AnsibleRun:
+        alive = rounds.pop(0)
+        pinged.append(set(hosts))
+        return ansible.AnsibleRun(4, "failed", {
+            ip: ansible.HostResult(ip, "ok" if ip in alive else "unreachable",
+                                   "" if ip in alive else "ssh: connect: Connection timed out")
+            for ip in hosts})
+
+    monkeypatch.setattr(ansible, "ping", fake_ping)
+    return pinged
+
+
+def members(master: Master) -> set[str]:
+    return {m.mac for m in read_membership(master.repo.sync()).members}
+
+
+def test_a_node_that_misses_prune_after_pings_is_pruned(master: Master,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    pinged = script_pings(monkeypatch, [{ip_of(3)}, {ip_of(3)}])
+    first = master.ping()
+    assert first.failed.keys() == {ip_of(2)} and not first.pruned
+    assert members(master) == {mac_of(1), mac_of(2), mac_of(3)}
+    second = master.ping()
+    assert second.pruned == [mac_of(2)]
+    assert members(master) == {mac_of(1), mac_of(3)}
+    assert pinged == [{ip_of(2), ip_of(3)}] * 2  # the master never pings (or prunes) itself
+    subject = master.repo.log(layout.ip_path(mac_of(2)), limit=1)[0]["subject"]
+    assert subject.startswith(f"prune {mac_of(2)} ({ip_of(2)}): missed 2 pings in a row")
+    assert "Connection timed out" in subject
+    # Every view follows: the hostfile no longer lists it.
+    assert ip_of(2) not in master.settings.hostfile.read_text()
+
+
+def test_a_flapping_node_is_not_pruned(master: Master, monkeypatch: pytest.MonkeyPatch) -> None:
+    everyone = {ip_of(2), ip_of(3)}
+    script_pings(monkeypatch, [{ip_of(3)}, everyone, {ip_of(3)}, everyone])
+    reports = [master.ping() for _ in range(4)]
+    assert not any(report.pruned for report in reports)
+    assert members(master) == {mac_of(1), mac_of(2), mac_of(3)}
+
+
+def test_a_pruned_node_that_registers_again_is_back(master: Master,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    script_pings(monkeypatch, [set(), set()])
+    master.ping()
+    master.ping()
+    assert members(master) == {mac_of(1)}
+    register(master.repo, NodeIdentity(mac_of(2), ip_of(2)), {"host_key": KEY})
+    master.render(master.repo.sync())
+    assert ip_of(2) in master.settings.hostfile.read_text()
+
+
+def test_render_installs_commits_and_configures_ganglia_once(master: Master) -> None:
+    master.render(master.repo.sync())
+    snapshot = master.repo.sync()
+    assert snapshot.read("hostfile") == master.settings.hostfile.read_text()
+    assert "[master]\n198.18.0.3" in (snapshot.read("inventory") or "")
+    for number in (2, 3):
+        (pending,) = snapshot.listdir(layout.queue_dir(mac_of(number)), files=True)
+        assert "ganglia" in (snapshot.read(f"{layout.queue_dir(mac_of(number))}/{pending}")
+                             or "")
+    assert snapshot.listdir(layout.queue_dir(mac_of(1))) == []  # the master applies its own
+    assert (master.settings.rendered_dir / "gmetad.conf").exists()
+    before = master.repo.log(limit=1)[0]["commit"]
+    master.render(master.repo.sync())  # nothing changed: no commit, no second task
+    assert master.repo.log(limit=1)[0]["commit"] == before
+
+
+def test_the_master_waits_for_its_grace_before_polling_or_pinging(cluster: Cluster) -> None:
+    start = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    now = [start]
+    settings = Settings.load(cluster.node_config(1, master_grace="5m", poll_interval=30))
+    agent = Agent(settings, clock=lambda: now[0])
+    agent.scheduler.start(paused=True)
+    try:
+        agent.is_master = True
+        agent.schedule()
+        grace_over = start + dt.timedelta(minutes=5)
+        assert agent.scheduler.get_job("poll").next_run_time == grace_over
+        assert agent.scheduler.get_job("ping").next_run_time == grace_over
+        # Losing the role stops the pings without a restart; regaining it after the
+        # grace pings at once.
+        agent.is_master = False
+        agent.schedule()
+        assert agent.scheduler.get_job("ping") is None
+        now[0] = start + dt.timedelta(minutes=7)
+        agent.is_master = True
+        agent.schedule()
+        assert agent.scheduler.get_job("ping").next_run_time == now[0]
+    finally:
+        agent.scheduler.shutdown(wait=False)
+
+
+def test_a_worker_polls_at_once(cluster: Cluster) -> None:
+    start = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    agent = Agent(Settings.load(cluster.node_config(2)), clock=lambda: start)
+    agent.scheduler.start(paused=True)
+    try:
+        agent.schedule()
+        assert agent.scheduler.get_job("poll").next_run_time == start
+        assert agent.scheduler.get_job("ping") is None
+    finally:
+        agent.scheduler.shutdown(wait=False)
+
+
+# -- end to end, on the lab (--fast: ping every 2 s, prune after 2, poll every 1 s) -------
+
+_READ_XML = """
+import re, socket, sys
+with socket.create_connection((sys.argv[1], 8651), timeout=3) as sock:
+    xml = b"".join(iter(lambda: sock.recv(65536), b""))
+print(" ".join(h.decode() for h in re.findall(rb'<HOST NAME="([^"]+)"', xml)))
+"""
+
+
+def gmetad_hosts(lab: Lab, master_name: str) -> set[str]:
+    """The hosts in gmetad's XML, read from the master's port 8651 inside the lab."""
+    master = lab.node(master_name)
+    done = lab.exec(master.name, ["python3", "-c", _READ_XML, master.ip],
+                    capture_output=True, text=True)
+    return set(done.stdout.split())
+
+
+def views(lab: Lab) -> dict[str, object]:
+    status = {n.name: n for n in lab.status()}
+    master = next(n for n in status.values() if n.role == "master")
+    settings = lab.node(master.name).settings()
+    inventory = settings.inventory_file.read_text() if settings.inventory_file.exists() else ""
+    groups = inventory.split("[nodes]")
+    return {"master": master.name, "status": status,
+            "inventory_master": groups[0].count("mac="),
+            "inventory_nodes": groups[1].split("[all:vars]")[0].count("mac=")
+            if len(groups) > 1 else 0,
+            "hostfile": settings.hostfile.read_text() if settings.hostfile.exists() else "",
+            "gmetad": gmetad_hosts(lab, master.name)}
+
+
+@pytest.mark.lab
+def test_views_mpirun_and_ganglia_span_the_cluster(lab: Lab) -> None:
+    names = {n.name for n in lab.nodes}
+    wait_until(lambda: (v := views(lab))["gmetad"] == names and v["inventory_nodes"] == 3,
+               90, "gmetad, the inventory and the hostfile to list every node")
+    seen = views(lab)
+    assert seen["inventory_master"] == 1 and seen["inventory_nodes"] == 3
+    slots = sum(int(line.split("slots=")[1]) for line in str(seen["hostfile"]).splitlines()
+                if "slots=" in line)
+    done = lab.mpirun(["-np", str(slots), "hostname"], capture_output=True, text=True,
+                      timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == names
+
+
+@pytest.mark.lab
+def test_a_dead_worker_leaves_every_view_and_comes_back(lab: Lab) -> None:
+    wait_until(lambda: views(lab)["gmetad"] == {n.name for n in lab.nodes}, 90,
+               "a settled cluster")
+    master = views(lab)["master"]
+    victim = next(n for n in lab.nodes if n.name != master)
+    settings = victim.settings()
+    bound = settings.ping_interval * settings.prune_after + settings.poll_interval
+    lab.kill(victim.name)
+    killed = time.monotonic()
+    try:
+        wait_until(lambda: not (s := views(lab)["status"][victim.name]).registered
+                   and not s.in_hostfile, bound + 6, "the dead worker to be pruned")
+        elapsed = time.monotonic() - killed
+        seen = views(lab)
+        assert victim.ip not in str(seen["hostfile"]) and seen["inventory_nodes"] == 2
+        wait_until(lambda: victim.name not in views(lab)["gmetad"], 20,
+                   "gmetad to drop the dead worker")
+        done = lab.mpirun(["hostname"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert set(done.stdout.split()) == {n.name for n in lab.nodes} - {victim.name}
+        print(f"pruned {elapsed:.1f} s after the kill (bound {bound:.0f} s)")
+    finally:
+        lab.revive(victim.name)
+    wait_until(lambda: (v := views(lab))["status"][victim.name].in_hostfile
+               and victim.name in v["gmetad"], 90, "the revived worker to be back everywhere")
+
+
+@pytest.mark.lab
+def test_a_node_down_for_less_than_prune_after_pings_stays(lab: Lab) -> None:
+    master = views(lab)["master"]
+    victim = next(n for n in lab.nodes if n.name != master)
+    settings = victim.settings()
+    # Cut its cable for about one ping, then plug it back (its processes live on).
+    lab.unplug(victim.name)
+    try:
+        time.sleep(settings.ping_interval * 0.9)
+    finally:
+        lab.plug(victim.name)
+    time.sleep(settings.ping_interval * settings.prune_after + settings.poll_interval + 2)
+    assert views(lab)["status"][victim.name].registered
