@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import ansible_runner
 
 from picluster.settings import Settings
 
-__all__ = ["AnsibleRun", "HostResult", "inventory", "ping", "playbook"]
+__all__ = ["AnsibleRun", "HostResult", "answering", "inventory", "ping", "playbook"]
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +126,27 @@ def _run(settings: Settings, known_hosts: Path, **kwargs: Any) -> AnsibleRun:
     return AnsibleRun(runner.rc, runner.status, hosts, time.monotonic() - started)
 
 
+def answering(hosts: Iterable[str], timeout: float, port: int = 22) -> set[str]:
+    """The hosts whose ssh port accepts a TCP connection within `timeout`: a host that
+    does not is unreachable now, as Ansible would find after its whole-second timeout."""
+    def answers(host: str) -> bool:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError:
+            return False
+        return True
+
+    hosts = list(hosts)
+    if not hosts:
+        return set()
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        return {host for host, ok in zip(hosts, pool.map(answers, hosts), strict=True) if ok}
+
+
 def ping(settings: Settings, hosts: Mapping[str, Mapping[str, object]], user: str,
          known_hosts: Path) -> AnsibleRun:
     """`ansible -m ping` against `hosts` ({ip: hostvars}); per-host result in `.hosts`.
-
-    An unreachable host is a result ("unreachable"), not an error of the run."""
+    An unreachable host is a result, not an error of the run."""
     return _run(settings, known_hosts, module="ping", host_pattern="all",
                 inventory=inventory({"nodes": hosts}, user), forks=max(1, len(hosts)))
 

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ __all__ = [
     "node_mac",
     "parse_hostfile",
     "preflight",
+    "render_lab_settings",
     "render_node_config",
     "render_sshd_config",
     "require_root",
@@ -74,8 +75,8 @@ __all__ = [
 
 DEFAULT_DIR = Path("/tmp/picluster-lab")
 DIR_ENV = "PICLUSTER_LAB_DIR"
-# How a node boots: `python -m picluster --config <boot conf> BOOT_COMMAND`.
-BOOT_COMMAND = "agent"
+# How a node boots: `python -m picluster --config <boot conf> BOOT_COMMAND --foreground`.
+BOOT_COMMAND = "boot"
 GIT_MODES = ("ssh", "daemon")
 
 # 198.18.0.0/15 is reserved for benchmarking networks: lab traffic can never be mistaken
@@ -89,8 +90,8 @@ _SSH_PORT = 22
 _GIT_DAEMON_PORT = 9418
 
 # `--fast`: the timings (seconds) of a lab that converges and prunes while you watch.
-FAST_TIMINGS: dict[str, int] = {"poll_interval": 1, "master_grace": 3, "ping_interval": 2,
-                                "prune_after": 2, "ping_timeout": 1}
+FAST_TIMINGS: dict[str, float] = {"poll_interval": 1, "master_grace": 3, "ping_interval": 2,
+                                  "prune_after": 2, "ping_timeout": 0.5}
 
 # Every executable the lab runs, and the Debian package that has it.
 REQUIRED = {
@@ -248,22 +249,31 @@ def render_sshd_config(host: Host, authorized_keys: Path) -> str:
 
 
 def render_node_config(node: Node, repo: str, *, master: bool, fast: bool) -> str:
-    """The boot config (picluster.conf) of a lab node; keys as in picluster.settings."""
-    values: dict[str, object] = {
-        "repo": repo,
-        "home": node.home,
-        "interface": "eth0",
-        "hostname": node.name,
-        "ssh_key": node.ssh_key,
-        "host_key": f"{node.host_key}.pub",
-    }
+    """The boot config (picluster.conf) of a lab node: what prepare-boot writes for a Pi,
+    then the lab's settings (render_lab_settings); keys as in picluster.settings."""
+    values: dict[str, object] = {"repo": repo, "hostname": node.name, "ssh_key": node.ssh_key}
     if master:
         values["master"] = "true"
-    if fast:
-        values.update(FAST_TIMINGS)
     lines = [f"# boot config of lab node {node.name} (written by picluster lab up)"]
     lines += [f"{key} = {value}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + render_lab_settings(node, fast=fast)
+
+
+def render_lab_settings(node: Node, *, fast: bool) -> str:
+    """The lines the lab adds to a node's boot config: where the node's own disk is.  A Pi
+    keeps these at their defaults (/var/lib/picluster, ~root/.ssh, /etc, its sshd's key);
+    lab nodes share this machine's file system, so `boot` must write only into the node's
+    own directory.  With `fast`, also the lab's quick timings."""
+    values: dict[str, object] = {
+        "home": node.home,
+        "interface": "eth0",
+        "host_key": f"{node.host_key}.pub",
+        "user_ssh_dir": node.dir / "root" / ".ssh",
+        "etc_dir": node.dir / "etc",
+    }
+    if fast:
+        values.update(FAST_TIMINGS)
+    return "".join(f"{key} = {value}\n" for key, value in values.items())
 
 
 def parse_hostfile(text: str) -> set[str]:
@@ -592,8 +602,8 @@ class Lab:
             "sh", "-c", 'hostname "$1" && exec sleep infinity', "holder", host.name],
             ready=lambda pid: _comm(pid) == "sleep")
 
-    def _start_sshd(self, host: Host) -> None:
-        host.sshd_config.write_text(render_sshd_config(host, Path(f"{self.cluster_key}.pub")))
+    def _start_sshd(self, host: Host, authorized_keys: Path) -> None:
+        host.sshd_config.write_text(render_sshd_config(host, authorized_keys))
         # -D: sshd stays the process _spawn recorded; -e: its log goes to sshd.log.
         sshd = shutil.which("sshd", path=_search_path()) or "/usr/sbin/sshd"
         self._spawn(host, "sshd", [*self._enter(host, host.dir), sshd, "-D", "-e",
@@ -604,7 +614,7 @@ class Lab:
         host = self.git_host
         self._power_on(host)
         if mode == "ssh":
-            self._start_sshd(host)
+            self._start_sshd(host, Path(f"{self.cluster_key}.pub"))
             return
         # The daemon is the server end of git, not a client of the cluster repository.
         self._spawn(host, "git-daemon", [
@@ -628,13 +638,17 @@ class Lab:
                                f"{result.stderr.strip() or result.stdout.strip()}")
 
     def _boot(self, node: Node) -> None:
-        """Switch on the node's software: its first-boot command, run as on a Pi."""
+        """Switch on the node's software: its first-boot command, run as on a Pi.  Lab
+        nodes have no systemd; --foreground makes sure `boot` never hands the node over to
+        this machine's, should it run one."""
         self._spawn(node, "agent", [*self._enter(node, node.home), sys.executable, "-m",
-                                    "picluster", "--config", str(node.config), BOOT_COMMAND])
+                                    "picluster", "--config", str(node.config), BOOT_COMMAND,
+                                    "--foreground"])
 
     def _start_node(self, node: Node) -> None:
         self._power_on(node)
-        self._start_sshd(node)
+        # The master logs in with the key that `boot` authorizes: until it has, nobody can.
+        self._start_sshd(node, node.settings().authorized_keys)
         self._boot(node)
 
     def _prepare_node(self, node: Node, repo: str, *, master: bool, fast: bool) -> None:
@@ -644,6 +658,9 @@ class Lab:
         shutil.copyfile(self.cluster_key, node.ssh_key)
         node.ssh_key.chmod(0o600)
         node.config.write_text(render_node_config(node, repo, master=master, fast=fast))
+        self._trust_git_host(node)
+
+    def _trust_git_host(self, node: Node) -> None:
         settings = node.settings()
         settings.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         settings.known_hosts.write_text(self._known_host(self.git_host))
@@ -685,7 +702,7 @@ class Lab:
                else f"git://{GIT_IP}/{self.bare_repo.name}")
         self.dir.mkdir(parents=True, exist_ok=True)
         state = LabState(nodes, master_index, fast, git, url)
-        self.state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
+        self._save(state)
         members = self.nodes
 
         report("generating keys", 0, 0)
@@ -724,6 +741,30 @@ class Lab:
             if designated:
                 self.converge(timeout, report, [node])
         return self.converge(timeout, report)
+
+    def _save(self, state: LabState) -> None:
+        self.state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
+
+    def add_node(self, boot_dir: Path, timeout: float = 180.0) -> Node:
+        """Power on one more Pi whose boot partition is `boot_dir`, prepared as a real SD
+        card is (`picluster prepare-boot`).  The lab copies it as the node's card and adds
+        its settings (render_lab_settings); returns once the node registered."""
+        state = self.state()
+        if state.nodes >= MAX_NODES:
+            raise LabError(f"the lab has {MAX_NODES} nodes already", code=2)
+        node = self._node(state.nodes + 1)
+        self._save(replace(state, nodes=node.index))
+        self._keygen(node.host_key, f"root@{node.name}")
+        with self.known_hosts.open("a") as known_hosts:
+            known_hosts.write(self._known_host(node))
+        self._plug(node, node.mac)
+        shutil.copytree(boot_dir, node.boot_dir)
+        with node.config.open("a") as config:
+            config.write(render_lab_settings(node, fast=state.fast))
+        self._trust_git_host(node)
+        self._start_node(node)
+        self.converge(timeout, nodes=[node])
+        return node
 
     # -- watching -------------------------------------------------------------------------
 
@@ -801,8 +842,7 @@ class Lab:
 
     def kill(self, name: str) -> Node:
         """Pull the node's power: its cable goes dark and every process of it dies at once."""
-        node = self.node(name)
-        _run("ip", "-n", self.bridge_ns, "link", "set", node.port, "down")
+        node = self.unplug(name)
         self._stop([node.netns])
         return node
 

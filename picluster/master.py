@@ -19,6 +19,7 @@ from picluster.identity import NodeIdentity
 from picluster.queue import enqueue, make_task
 from picluster.registry import (
     ClusterVars,
+    Member,
     Membership,
     read_cluster_vars,
     read_membership,
@@ -93,12 +94,6 @@ class Master:
             if install(path, text)]
         if installed:
             log.info("rendered %s for %d nodes", ", ".join(installed), len(membership.members))
-        stale = [Put(path, text) for path, text in views.files().items()
-                 if snapshot.read(path) != text]
-        if stale:
-            # The master's own writes do not commute with anyone's: compare-and-set.
-            self.repo.transact(lambda _: stale, f"render {', '.join(p.path for p in stale)} "
-                                                f"for {len(membership.members)} nodes")
         config = self.ganglia_config(membership, cluster)
         me = self._node()
         if ganglia.apply(self.settings, config, own_ip=me.ip, hostname=socket.gethostname(),
@@ -106,6 +101,13 @@ class Master:
             log.info("ganglia: gmond listens to %d members; gmetad reads %s:%d",
                      len(config.members), config.master_ip, config.gmond_port)
         self._daemons.ensure(is_master=True)
+        # Local views first (mpirun and gmetad use them now), then the repository's copy.
+        stale = [Put(path, text) for path, text in views.files().items()
+                 if snapshot.read(path) != text]
+        if stale:
+            # The master's own writes do not commute with anyone's: compare-and-set.
+            self.repo.transact(lambda _: stale, f"render {', '.join(p.path for p in stale)} "
+                                                f"for {len(membership.members)} nodes")
         self._configure_workers(snapshot, membership, config)
         return membership
 
@@ -151,7 +153,12 @@ class Master:
     # -- ping and prune ------------------------------------------------------------------
 
     def ping(self) -> PingReport:
-        """Ping every worker with Ansible; prune those that missed `prune_after` in a row."""
+        """Ping every worker with Ansible; prune those that missed `prune_after` in a row.
+
+        A worker whose ssh port does not even accept a connection misses its ping at once,
+        and is pruned (when due) before Ansible pings the others: the views drop a dead
+        node a whole Ansible run sooner."""
+        started = time.monotonic()
         snapshot = self.repo.snapshot()
         membership = read_membership(snapshot)
         cluster = read_cluster_vars(snapshot)
@@ -164,28 +171,40 @@ class Master:
         # Forget counts of nodes that left (pruned, or removed by hand).
         self._misses = {mac: n for mac, n in self._misses.items()
                         if any(m.mac == mac for m in workers.values())}
-        if not workers:
-            return report
-        run = ansible.ping(self.settings, {ip: {"mac": m.mac} for ip, m in workers.items()},
-                           cluster.ssh_user, self.settings.cluster_known_hosts)
-        report.seconds = run.seconds
-        for ip, member in workers.items():
-            result = run.hosts.get(ip)
-            if result is not None and result.status == "ok":
+        answering = ansible.answering(workers, self.settings.ping_timeout)
+        self._judge(report, {ip: ansible.HostResult(
+            ip, "unreachable", f"ssh port 22 did not answer within "
+                               f"{self.settings.ping_timeout:g} s")
+            for ip in workers if ip not in answering}, workers)
+        if answering:
+            run = ansible.ping(self.settings, {ip: {"mac": workers[ip].mac} for ip in answering},
+                               cluster.ssh_user, self.settings.cluster_known_hosts)
+            self._judge(report, {ip: run.hosts.get(ip) or ansible.HostResult(
+                ip, "unreachable", "no answer from ansible") for ip in answering}, workers)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _judge(self, report: PingReport, results: dict[str, ansible.HostResult],
+               workers: dict[str, Member]) -> None:
+        """Count each result; prune the nodes that are due, then re-render once."""
+        pruned = []
+        for ip, result in results.items():
+            member = workers[ip]
+            if result.status == "ok":
                 report.ok.append(ip)
                 if self._misses.pop(member.mac, 0):
                     log.info("node %s (%s) answers again", member.mac, ip)
                 continue
-            why = result.message if result else "no answer from ansible"
+            why = result.message or result.status
             report.failed[ip] = why
             misses = self._misses[member.mac] = self._misses.get(member.mac, 0) + 1
             log.warning("node %s (%s) missed ping %d of %d: %s", member.mac, ip, misses,
-                        self.settings.prune_after, why.splitlines()[-1] if why else "")
+                        self.settings.prune_after, why.splitlines()[-1])
             if misses >= self.settings.prune_after and self._prune(member.mac, ip, misses, why):
-                report.pruned.append(member.mac)
-        if report.pruned:
+                pruned.append(member.mac)
+        if pruned:
+            report.pruned += pruned
             self.render(self.repo.sync())
-        return report
 
     def _prune(self, mac: str, ip: str, misses: int, why: str) -> bool:
         last = why.strip().splitlines()[-1] if why.strip() else "unreachable"

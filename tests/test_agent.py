@@ -4,11 +4,14 @@ import json
 import signal
 import time
 
+import pytest
 from helpers import Cluster, mac_of, run_cli, wait_until
 
 from picluster import layout
+from picluster.lab import Lab
 from picluster.queue import enqueue, make_task, outcome_of, wait_for
-from picluster.repo import Put
+from picluster.repo import ClusterRepo, Put
+from picluster.settings import Settings
 
 NODE = mac_of(1)
 
@@ -112,3 +115,14 @@ def test_every_result_lands_while_other_nodes_push(cluster: Cluster) -> None:
     snap = repo.sync()
     for number in nodes:
         assert snap.listdir(layout.queue_dir(mac_of(number)), files=True) == []
+
+
+@pytest.mark.lab
+def test_an_echo_task_to_every_lab_node_returns_through_git(lab: Lab) -> None:
+    operator = Settings.load(lab.operator_config)
+    repo = ClusterRepo.from_settings(operator, "operator")
+    tasks = enqueue(repo, [make_task(status.mac, "echo", {"to": status.name}, "operator")
+                           for status in lab.status()], operator.signing_key)
+    outcomes = wait_for(repo, tasks, 60)
+    assert {o.node: o.result for o in outcomes.values()} == \
+        {s.mac: {"to": s.name} for s in lab.status()}
