@@ -105,11 +105,15 @@ def _host_status(event: Mapping[str, Any]) -> str | None:
     return "skipped" if kind == "runner_on_skipped" else None
 
 
-def _run(settings: Settings, known_hosts: Path, **kwargs: Any) -> AnsibleRun:
-    settings.ansible_dir.mkdir(parents=True, exist_ok=True)
+def _run(settings: Settings, known_hosts: Path, kind: str, **kwargs: Any) -> AnsibleRun:
+    # One private data dir per kind of run: rotating artifacts deletes all but the newest
+    # few, and the master's pings (every few seconds) would delete the artifacts of a
+    # playbook still running.
+    private = settings.ansible_dir / kind
+    private.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     runner = ansible_runner.run(
-        private_data_dir=str(settings.ansible_dir), envvars=_environment(settings, known_hosts),
+        private_data_dir=str(private), envvars=_environment(settings, known_hosts),
         rotate_artifacts=_KEEP_ARTIFACTS, quiet=True, suppress_env_files=True, **kwargs)
     hosts: dict[str, HostResult] = {}
     for event in runner.events:
@@ -147,7 +151,7 @@ def ping(settings: Settings, hosts: Mapping[str, Mapping[str, object]], user: st
          known_hosts: Path) -> AnsibleRun:
     """`ansible -m ping` against `hosts` ({ip: hostvars}); per-host result in `.hosts`.
     An unreachable host is a result, not an error of the run."""
-    return _run(settings, known_hosts, module="ping", host_pattern="all",
+    return _run(settings, known_hosts, "ping", module="ping", host_pattern="all",
                 inventory=inventory({"nodes": hosts}, user), forks=max(1, len(hosts)))
 
 
@@ -156,6 +160,6 @@ def playbook(settings: Settings, path: Path, inventory_path: Path, known_hosts: 
              extravars: Mapping[str, object] | None = None) -> AnsibleRun:
     """Run the playbook at `path` against the rendered inventory."""
     cmdline = "--check" if check else None
-    return _run(settings, known_hosts, playbook=str(path.resolve()),
+    return _run(settings, known_hosts, "playbook", playbook=str(path.resolve()),
                 inventory=str(inventory_path.resolve()), limit=limit, cmdline=cmdline,
                 extravars=dict(extravars or {}), forks=10)
