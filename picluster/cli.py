@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from picluster import __version__, layout
 from picluster.identity import IdentityError, facts, identify, writer_name
@@ -240,6 +241,55 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     out.print(table)
     for problem in membership.problems:
         err.print(f"[yellow]problem:[/] {problem}", highlight=False)
+
+
+_HOST_STYLE = {"ok": "green", "changed": "yellow", "skipped": "dim", "failed": "red",
+               "unreachable": "red"}
+
+
+@app.command("apply")
+def apply_command(
+    ctx: typer.Context,
+    playbook: Annotated[str, typer.Argument(
+        help="A playbook picluster ships (core, sudoers, openmpi, nfs-server, nfs-client, "
+             "ganglia, or site for all of them), or a path to one of your own.")],
+    limit: Annotated[str | None, typer.Option(
+        help="Only these hosts: an Ansible pattern, e.g. nodes or 198.18.0.12.")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Change nothing; report what would change.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a playbook from the master against the inventory its agent renders.
+
+    Exit code: 0 every host ok or changed, 1 a host failed or was unreachable (or none
+    ran), 2 bad input (an unknown playbook, no rendered inventory).
+    """
+    from picluster.apply import PlaybookError, apply, resolve
+
+    conf = settings(ctx)
+    try:
+        run = apply(conf, playbook, limit=limit, check=check)
+    except PlaybookError as error:
+        fail(str(error), EXIT_USAGE)
+    succeeded = bool(run.hosts) and run.ok and run.rc == 0
+    if as_json:
+        print_json({"playbook": str(resolve(playbook)), "check": check, "ok": succeeded,
+                    **run.as_dict()})
+    else:
+        table = Table()
+        for column in ("host", "result", "message"):
+            table.add_column(column)
+        for host in run.hosts.values():
+            # Text, not markup: an error message may hold brackets.
+            table.add_row(host.host, Text(host.status, style=_HOST_STYLE[host.status]),
+                          Text(host.message))
+        out.print(table)
+        out.print(f"{playbook}{' (check mode)' if check else ''}: {len(run.hosts)} hosts in "
+                  f"{run.seconds:.1f} s", highlight=False)
+    if not run.hosts:
+        fail(f"no host ran the playbook (ansible-playbook exit {run.rc}); its output is "
+             f"under {conf.ansible_dir / 'playbook' / 'artifacts'}")
+    raise typer.Exit(0 if succeeded else EXIT_FAILED)
 
 
 @app.command("agent")
