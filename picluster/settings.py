@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 __all__ = ["DEFAULTS", "DEFAULT_CONFIG", "ConfigError", "Settings", "config_path"]
 
 DEFAULT_CONFIG = Path("/boot/picluster.conf")
+# Raspberry Pi OS Bookworm and later mount the boot partition at /boot/firmware.
+_BOOT_CONFIGS = (Path("/boot/firmware/picluster.conf"), DEFAULT_CONFIG)
 
 # The one place defaults are documented.  Durations are seconds.
 DEFAULTS: dict[str, object] = {
@@ -33,6 +36,10 @@ DEFAULTS: dict[str, object] = {
     "signing_key": None,  # private key that `enqueue` signs tasks with
     "signer": "operator",  # the name tasks are signed as: its entry in allowed_signers
     "user": None,  # local account that runs the agent and owns the keys (None: root)
+    # `boot` installs the cluster key here as `user`'s identity and authorized key (None:
+    # ~user/.ssh).  The lab points this and etc_dir into each node's own directory.
+    "user_ssh_dir": None,
+    "etc_dir": "/etc",  # `boot` installs picluster.service here, on nodes that run systemd
     "workers": 2,  # huey consumer threads
     "poll_interval": 30.0,  # every node polls git this often
     "master_grace": 300.0,  # the master waits this long before its first poll
@@ -47,8 +54,9 @@ _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATIONS = {"poll_interval", "master_grace", "ping_interval", "ping_timeout"}
 _POSITIVE_INTS = {"workers", "prune_after"}
-_PATHS = {"home", "ssh_key", "signing_key", "host_key"}
+_PATHS = {"home", "ssh_key", "signing_key", "host_key", "user_ssh_dir", "etc_dir"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 class ConfigError(ValueError):
@@ -62,10 +70,13 @@ class ConfigError(ValueError):
 
 
 def config_path(explicit: str | Path | None = None) -> Path:
-    """The boot config to read: --config, else $PICLUSTER_CONFIG, else /boot/picluster.conf."""
+    """The boot config to read: --config, else $PICLUSTER_CONFIG, else the boot partition's
+    (/boot/firmware/picluster.conf, else /boot/picluster.conf)."""
     if explicit:
         return Path(explicit)
-    return Path(os.environ.get("PICLUSTER_CONFIG") or DEFAULT_CONFIG)
+    if os.environ.get("PICLUSTER_CONFIG"):
+        return Path(os.environ["PICLUSTER_CONFIG"])
+    return next((path for path in _BOOT_CONFIGS if path.exists()), DEFAULT_CONFIG)
 
 
 def _parse_value(key: str, raw: str) -> object:
@@ -101,6 +112,9 @@ def _parse_value(key: str, raw: str) -> object:
             return str(ipaddress.IPv4Address(raw))
         except ValueError:
             raise ValueError(f"'{raw}' is not an IPv4 address, e.g. 198.18.0.11") from None
+    if key == "hostname" and not _HOSTNAME.fullmatch(raw):
+        raise ValueError(f"'{raw}' is not a host name: up to 63 letters, digits and inner "
+                         "hyphens, e.g. pi-3")
     if key == "log_level":
         if raw.lower() not in _LOG_LEVELS:
             raise ValueError(f"'{raw}' is not one of {', '.join(sorted(_LOG_LEVELS))}")
@@ -127,6 +141,8 @@ class Settings:
     signing_key: Path | None = None
     signer: str = str(DEFAULTS["signer"])
     user: str | None = None
+    user_ssh_dir: Path | None = None
+    etc_dir: Path = Path(str(DEFAULTS["etc_dir"]))
     workers: int = int(DEFAULTS["workers"])  # type: ignore[call-overload]
     poll_interval: float = float(DEFAULTS["poll_interval"])  # type: ignore[arg-type]
     master_grace: float = float(DEFAULTS["master_grace"])  # type: ignore[arg-type]
@@ -249,6 +265,18 @@ class Settings:
     def ganglia_state(self) -> Path:
         """The Ganglia config this node last applied (JSON with its digest, a fact)."""
         return self.rendered_dir / "ganglia.json"
+
+    @property
+    def account_ssh_dir(self) -> Path:
+        """`user`'s ssh directory: `user_ssh_dir`, else ~user/.ssh."""
+        if self.user_ssh_dir is not None:
+            return self.user_ssh_dir
+        return Path(os.path.expanduser(f"~{self.user or 'root'}")) / ".ssh"
+
+    @property
+    def authorized_keys(self) -> Path:
+        """Where `boot` authorizes the cluster key: the master logs in with it."""
+        return self.account_ssh_dir / "authorized_keys"
 
     @property
     def run_dir(self) -> Path:
