@@ -748,7 +748,7 @@ class Lab:
     def add_node(self, boot_dir: Path, timeout: float = 180.0) -> Node:
         """Power on one more Pi whose boot partition is `boot_dir`, prepared as a real SD
         card is (`picluster prepare-boot`).  The lab copies it as the node's card and adds
-        its settings (render_lab_settings); returns once the node registered."""
+        its settings (render_lab_settings); returns once the lab converged with it."""
         state = self.state()
         if state.nodes >= MAX_NODES:
             raise LabError(f"the lab has {MAX_NODES} nodes already", code=2)
@@ -763,7 +763,7 @@ class Lab:
             config.write(render_lab_settings(node, fast=state.fast))
         self._trust_git_host(node)
         self._start_node(node)
-        self.converge(timeout, nodes=[node])
+        self.converge(timeout)
         return node
 
     # -- watching -------------------------------------------------------------------------
