@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from picluster import __version__, layout
+from picluster.boot import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.identity import IdentityError, facts, identify, writer_name
 from picluster.queue import enqueue, make_task, wait_for
 from picluster.registry import read_membership, register
@@ -68,7 +69,8 @@ def main_options(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", envvar="PICLUSTER_CONFIG",
-        help="Boot config to read (default: /boot/picluster.conf).")] = None,
+        help="Boot config to read (default: /boot/firmware/picluster.conf, else "
+             "/boot/picluster.conf).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
@@ -306,6 +308,69 @@ def agent_command(ctx: typer.Context) -> None:
     except IdentityError as error:
         fail(str(error), EXIT_USAGE)
     agent.run()
+
+
+@app.command("prepare-boot")
+def prepare_boot_command(
+    boot_dir: Annotated[Path, typer.Argument(
+        help="The SD card's boot partition, mounted (e.g. /media/$USER/bootfs).")],
+    repo: Annotated[str, typer.Option(help="The cluster repository's git URL.")],
+    key: Annotated[Path, typer.Option(
+        help="The cluster's ssh private key (no passphrase); copied to the card.")],
+    master: Annotated[bool, typer.Option(
+        "--master", help="Designate this node as the master.")] = False,
+    hostname: Annotated[str | None, typer.Option(help="The node's hostname, e.g. pi-1.")]
+    = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Write to a directory that does not look like a boot partition, "
+                        "and replace an existing picluster.conf.")] = False,
+    mount: Annotated[str, typer.Option(
+        help="Where the node mounts this partition: /boot/firmware (Bookworm and later), "
+             "/boot (older); for the first-boot hook of images without cloud-init.")]
+    = DEFAULT_MOUNT,
+    package: Annotated[str, typer.Option(
+        help="What the node pip-installs, e.g. picluster==1.0 or git+https://...")]
+    = DEFAULT_PACKAGE,
+) -> None:
+    """Make an SD card's boot partition boot a node of the cluster (never `dd`s).
+
+    Writes picluster.conf, the cluster key, the `ssh` file, and the first-boot hooks that
+    install picluster and run `picluster boot`: cloud-init's user-data, and on images
+    without cloud-init picluster-firstrun.sh through cmdline.txt.
+    """
+    try:
+        done = prepare_boot(boot_dir, repo=repo, key=key, master=master, hostname=hostname,
+                            force=force, mount=mount, package=package)
+    except BootError as error:
+        fail(str(error), error.code)
+    role = "the master" if master else "a node"
+    out.print(f"prepared {boot_dir} to boot {role}{f' named {hostname}' if hostname else ''}"
+              f" (first boot through {' or '.join(done.hooks)}); wrote "
+              f"{', '.join(done.written)}", highlight=False, soft_wrap=True)
+
+
+@app.command("boot")
+def boot_command(
+    ctx: typer.Context,
+    foreground: Annotated[bool, typer.Option(
+        "--foreground", help="Become the agent even where systemd runs (what "
+                             "picluster.service runs).")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        help="Give up joining the cluster after this many seconds (default: never).")]
+    = None,
+) -> None:
+    """Bring this node up: install the cluster key, set the hostname, join the cluster;
+    then enable picluster.service where systemd runs, else become the agent.
+
+    Idempotent: run at first boot, and at every start of picluster.service.
+    """
+    conf = settings(ctx)
+    try:
+        boot(conf, foreground=foreground, timeout=timeout)
+    except BootError as error:
+        fail(str(error), error.code)
+    except IdentityError as error:
+        fail(str(error), EXIT_USAGE)
 
 
 def main() -> None:
