@@ -7,6 +7,7 @@ etc_dir there, and systemctl/hostnamectl are never run for real.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -426,6 +427,24 @@ def test_boot_under_systemd_joins_then_enables_the_service(
     boot(settings, timeout=30)  # at the next boot: nothing to change
     assert system.commands == [["systemctl", "enable", "--now", UNIT]]
     assert len(cluster.operator_repo().log(layout.ip_path(mac_of(1)))) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand files to another user")
+def test_a_configured_user_owns_the_keys_and_the_state_and_runs_the_service(
+        card: Path, cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert prepare(card, cluster.operator_key, repo=str(cluster.bare)).returncode == 0
+    config = node_settings(card / "picluster.conf", tmp_path)
+    with config.open("a") as file:
+        file.write("user = nobody\n")
+    FakeSystem(monkeypatch)
+    boot(Settings.load(config), timeout=30)
+
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for path in (tmp_path / "root-ssh" / "id_ed25519", tmp_path / "root-ssh" / "authorized_keys",
+                 tmp_path / "home", tmp_path / "home" / "repo" / "HEAD"):
+        assert path.stat().st_uid == nobody, path
+    dropin = tmp_path / "etc" / "systemd" / "system" / f"{UNIT}.d" / "boot.conf"
+    assert "\nUser=nobody\n" in dropin.read_text()
 
 
 def test_boot_gives_up_on_an_unreachable_repository_with_one_line(
