@@ -263,8 +263,9 @@ def apply_command(
 ) -> None:
     """Run a playbook from the master against the inventory its agent renders.
 
-    Exit code: 0 every host ok or changed, 1 a host failed or was unreachable (or none
-    ran), 2 bad input (an unknown playbook, no rendered inventory).
+    Exit code: 0 every host ok or changed,
+    1 a host failed or was unreachable (or no host ran),
+    2 bad input: an unknown playbook, or no rendered inventory.
     """
     from picluster.apply import PlaybookError, apply, resolve
 
