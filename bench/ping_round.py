@@ -26,14 +26,15 @@ _ROUND = """
 import json, resource, sys, time
 from picluster import ansible
 from picluster.registry import read_cluster_vars, read_membership
-from picluster.render import install, render_views
+from picluster.files import install_file
+from picluster.render import render_views
 from picluster.repo import ClusterRepo
 from picluster.settings import Settings
 
 settings = Settings.load(sys.argv[1])
 snapshot = ClusterRepo.from_settings(settings, "bench").sync()
 membership = read_membership(snapshot)
-install(settings.cluster_known_hosts, render_views(membership, "root").known_hosts)
+install_file(settings.cluster_known_hosts, render_views(membership, "root").known_hosts)
 hosts = {m.ip: {"mac": m.mac} for m in membership.workers}
 rounds = []
 for _ in range(int(sys.argv[2]) + 1):  # the first one opens the ssh connections

@@ -18,7 +18,8 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from picluster.render import GangliaConfig, gmetad_conf, gmond_conf, install
+from picluster.files import install_file
+from picluster.render import GangliaConfig, gmetad_conf, gmond_conf
 from picluster.settings import Settings
 
 __all__ = ["Daemons", "apply", "digest"]
@@ -41,18 +42,18 @@ def apply(settings: Settings, config: GangliaConfig, *, own_ip: str, hostname: s
     """Write this node's Ganglia configs for `config`; True when anything changed.
     The daemons pick them up at the next `Daemons.ensure`."""
     gmond, gmetad = _configs(settings)
-    changed = install(gmond, gmond_conf(config, own_ip=own_ip, hostname=hostname,
+    changed = install_file(gmond, gmond_conf(config, own_ip=own_ip, hostname=hostname,
                                         is_master=is_master))
     if is_master:
         rrds = settings.home / "ganglia" / "rrds"
         rrds.mkdir(parents=True, exist_ok=True)
-        changed |= install(gmetad, gmetad_conf(config, rrd_dir=rrds))
+        changed |= install_file(gmetad, gmetad_conf(config, rrd_dir=rrds))
     elif gmetad.exists():
         gmetad.unlink()
         changed = True
     state = {"digest": digest(config if is_master else config.for_worker()),
              "role": "master" if is_master else "node", "config": asdict(config)}
-    return install(settings.ganglia_state, json.dumps(state, indent=2) + "\n") or changed
+    return install_file(settings.ganglia_state, json.dumps(state, indent=2) + "\n") or changed
 
 
 class _Daemon:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from picluster import ansible, ganglia, layout
+from picluster.files import install_file
 from picluster.identity import NodeIdentity
 from picluster.queue import enqueue, make_task
 from picluster.registry import (
@@ -25,7 +26,7 @@ from picluster.registry import (
     read_membership,
     unregister_ops,
 )
-from picluster.render import GangliaConfig, install, render_views
+from picluster.render import GangliaConfig, render_views
 from picluster.repo import ClusterRepo, GitError, Put, Snapshot
 from picluster.settings import Settings
 
@@ -91,7 +92,7 @@ class Master:
             ("inventory", self.settings.inventory_file, views.inventory),
             ("hostfile", self.settings.hostfile, views.hostfile),
             ("known_hosts", self.settings.cluster_known_hosts, views.known_hosts))
-            if install(path, text)]
+            if install_file(path, text)]
         if installed:
             log.info("rendered %s for %d nodes", ", ".join(installed), len(membership.members))
         config = self.ganglia_config(membership, cluster)

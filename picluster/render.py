@@ -3,22 +3,20 @@ same bytes, so a view is rewritten (and its users restarted) only when it change
 
 `Views` holds what the master renders for the cluster (Ansible inventory, OpenMPI hostfile,
 known_hosts); `gmond_conf` and `gmetad_conf` are Ganglia's configs, rendered on the node
-that runs them.  `install` writes a file atomically (temp file + rename).
+that runs them.  `picluster.files.install_file` puts them in place atomically.
 """
 
 from __future__ import annotations
 
 import glob
 import ipaddress
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from picluster.registry import Member, Membership
 
-__all__ = ["GangliaConfig", "Views", "gmetad_conf", "gmond_conf", "install", "render_views"]
+__all__ = ["GangliaConfig", "Views", "gmetad_conf", "gmond_conf", "render_views"]
 
 _HEADER = "# Rendered by picluster from ip/, master and local-vars/; rewritten on every change.\n"
 
@@ -171,19 +169,3 @@ def gmetad_conf(config: GangliaConfig, *, rrd_dir: Path) -> str:
             f"interactive_port {config.gmetad_xml_port + 1}\n"
             f"trusted_hosts {trusted}\n"
             f'rrd_rootdir "{rrd_dir}"\n')
-
-
-def install(path: Path, content: str, mode: int = 0o644) -> bool:
-    """Write `content` to `path` atomically; False (and no write) when it is already so."""
-    try:
-        if path.read_text() == content:
-            return False
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False) as handle:
-        handle.write(content)
-    os.chmod(handle.name, mode)
-    os.replace(handle.name, path)
-    return True

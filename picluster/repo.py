@@ -653,7 +653,10 @@ def _last_line(error: git.GitCommandError) -> str:
     """The last thing git said on stderr (GitPython wraps it in "stderr: '...'")."""
     text = str(error.stderr or "").strip().removeprefix("stderr:").strip().strip("'")
     lines = [line.strip() for line in text.splitlines() if line.strip().strip("'")]
-    return lines[-1] if lines else f"git exited with status {error.status}"
+    # git's verdict is its last fatal:/error: line; what follows it is boilerplate
+    # ("Please make sure you have the correct access rights...").
+    verdicts = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    return (verdicts or lines or [f"git exited with status {error.status}"])[-1]
 
 
 def init_bare(path: Path, files: dict[str, str], message: str) -> None:

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from picluster.registry import Member, Membership
-from picluster.render import GangliaConfig, gmetad_conf, gmond_conf, install, render_views
+from picluster.render import GangliaConfig, gmetad_conf, gmond_conf, render_views
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbc"
 
@@ -64,11 +64,3 @@ def test_worker_configs_do_not_depend_on_membership() -> None:
     two = GangliaConfig("lab", "198.18.0.11", members=("198.18.0.14",))
     assert one.for_worker() == two.for_worker()
     assert GangliaConfig.from_args({**vars(one), "extra": 1}) == one
-
-
-def test_install_is_atomic_and_idempotent(tmp_path: Path) -> None:
-    target = tmp_path / "sub" / "hostfile"
-    assert install(target, "a\n")
-    assert not install(target, "a\n")
-    assert install(target, "b\n") and target.read_text() == "b\n"
-    assert [p.name for p in target.parent.iterdir()] == ["hostfile"]  # no temp files left
