@@ -225,7 +225,7 @@ class Node(Host):
 
     def hostfile(self) -> Path:
         """The MPI hostfile this node renders while it is the master."""
-        return self.settings().rendered_dir / "hostfile"
+        return self.settings().hostfile
 
 
 def render_sshd_config(host: Host, authorized_keys: Path) -> str:

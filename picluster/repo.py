@@ -89,42 +89,38 @@ def _check_path(path: str) -> str:
 
 
 @dataclass(frozen=True)
-class Put:
-    """Write `content` to `path` (create or replace)."""
-
+class _Op:
     path: str
-    content: str
 
     def __post_init__(self) -> None:
         _check_path(self.path)
+
+
+@dataclass(frozen=True)
+class Put(_Op):
+    """Write `content` to `path` (create or replace)."""
+
+    content: str
 
     def applies_to(self, current: str | None) -> bool:
         return current != self.content
 
 
 @dataclass(frozen=True)
-class Create:
+class Create(_Op):
     """Write `content` to `path` only if the path does not exist: compare-and-set."""
 
-    path: str
     content: str
-
-    def __post_init__(self) -> None:
-        _check_path(self.path)
 
     def applies_to(self, current: str | None) -> bool:
         return current is None
 
 
 @dataclass(frozen=True)
-class Remove:
+class Remove(_Op):
     """Delete `path`; with `expect`, only while it still holds exactly that content."""
 
-    path: str
     expect: str | None = None
-
-    def __post_init__(self) -> None:
-        _check_path(self.path)
 
     def applies_to(self, current: str | None) -> bool:
         return current is not None and (self.expect is None or current == self.expect)

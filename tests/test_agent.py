@@ -2,6 +2,7 @@
 
 import json
 import signal
+import subprocess
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from picluster.lab import Lab
 from picluster.queue import enqueue, make_task, outcome_of, wait_for
 from picluster.repo import ClusterRepo, Put
 from picluster.settings import Settings
+from picluster.tasks import Task
 
 NODE = mac_of(1)
 
@@ -66,20 +68,27 @@ def test_bad_tasks_never_run_and_their_outcome_says_why(cluster: Cluster) -> Non
     assert snap.listdir(folder, files=True) == []  # every pending file acknowledged
 
 
-def test_kill_9_mid_task_then_restart_runs_it_to_exactly_one_outcome(
-        cluster: Cluster) -> None:
+def sleeping_task(cluster: Cluster, seconds: float
+                  ) -> tuple[subprocess.Popen[bytes], ClusterRepo, Task]:
+    """A running agent, busy with a `sleep` task: (the agent, the operator's repo, the task)."""
     config = cluster.node_config(1)
     agent = cluster.start_agent(config)
     repo = cluster.operator_repo()
-    (task,) = enqueue(repo, [make_task(NODE, "sleep", {"seconds": 3}, "operator")],
+    (task,) = enqueue(repo, [make_task(NODE, "sleep", {"seconds": seconds}, "operator")],
                       cluster.operator_key)
     log = config.with_suffix(".log")
     wait_until(lambda: f"queued sleep {task.id}" in log.read_text(), 30, "the task to start")
+    return agent, repo, task
+
+
+def test_kill_9_mid_task_then_restart_runs_it_to_exactly_one_outcome(
+        cluster: Cluster) -> None:
+    agent, repo, task = sleeping_task(cluster, 3)
     time.sleep(1)
     agent.send_signal(signal.SIGKILL)
     agent.wait()
     assert outcome_of(repo.sync(), NODE, task.id) is None
-    cluster.start_agent(config)
+    cluster.start_agent(cluster.node_config(1))
     outcome = wait_for(repo, [task], 60)[task.id]
     assert outcome.status == "ok" and outcome.attempts == 2
     assert outcome_files(cluster, NODE, "done") == [f"{task.id}.json"]
@@ -87,13 +96,7 @@ def test_kill_9_mid_task_then_restart_runs_it_to_exactly_one_outcome(
 
 
 def test_sigint_lets_the_running_task_finish_and_push(cluster: Cluster) -> None:
-    config = cluster.node_config(1)
-    agent = cluster.start_agent(config)
-    repo = cluster.operator_repo()
-    (task,) = enqueue(repo, [make_task(NODE, "sleep", {"seconds": 2}, "operator")],
-                      cluster.operator_key)
-    log = config.with_suffix(".log")
-    wait_until(lambda: f"queued sleep {task.id}" in log.read_text(), 30, "the task to start")
+    agent, repo, task = sleeping_task(cluster, 2)
     agent.send_signal(signal.SIGINT)
     assert agent.wait(timeout=30) == 0
     assert outcome_of(repo.sync(), NODE, task.id) is not None
