@@ -1,3 +1,51 @@
-"""picluster: a self-configuring Raspberry Pi Beowulf cluster, with git as its broker."""
+"""picluster: a self-configuring Raspberry Pi Beowulf cluster, with git as its broker.
+
+The public API; everything else is reachable from its module.  `Agent` (huey, APScheduler)
+and `Lab` load on first use, so a plain `import picluster` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+from picluster.queue import enqueue, make_task, wait_for
+from picluster.registry import read_membership, register
+from picluster.repo import ClusterRepo, Create, GitError, Put, Remove, Snapshot
+from picluster.settings import ConfigError, Settings
+from picluster.tasks import Outcome, Task, catalogue
+
+__all__ = [
+    "Agent",
+    "ClusterRepo",
+    "ConfigError",
+    "Create",
+    "GitError",
+    "Lab",
+    "Outcome",
+    "Put",
+    "Remove",
+    "Settings",
+    "Snapshot",
+    "Task",
+    "__version__",
+    "catalogue",
+    "enqueue",
+    "make_task",
+    "read_membership",
+    "register",
+    "wait_for",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Agent":
+        from picluster.agent import Agent
+
+        return Agent
+    if name == "Lab":
+        from picluster.lab import Lab
+
+        return Lab
+    raise AttributeError(f"module 'picluster' has no attribute {name!r}")

@@ -64,6 +64,12 @@ def print_json(data: Any) -> None:
     out.out(json.dumps(data, indent=2, default=str), highlight=False)
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        out.print(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -72,11 +78,10 @@ def main_options(
         help="Boot config to read (default: /boot/firmware/picluster.conf, else "
              "/boot/picluster.conf).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version.", is_eager=True,
+        callback=_print_version)] = False,
 ) -> None:
-    if version:
-        out.print(__version__)
-        raise typer.Exit()
     ctx.obj = {"config": config, "verbose": verbose, "settings": None}
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
