@@ -108,10 +108,11 @@ class Agent:
                 log.info("master: first poll after the %.0f s grace period",
                          grace.total_seconds())
             self._every("poll", self.poll, self.settings.poll_interval, first)
-        if self.is_master and self.scheduler.get_job("ping") is None:
-            self._every("ping", self.master.ping, self.settings.ping_interval, first)
-        elif not self.is_master and self.scheduler.get_job("ping") is not None:
-            self.scheduler.remove_job("ping")
+        for name, job in (("reach", self.master.reach), ("ping", self.master.ping)):
+            if self.is_master and self.scheduler.get_job(name) is None:
+                self._every(name, job, self.settings.ping_interval, first)
+            elif not self.is_master and self.scheduler.get_job(name) is not None:
+                self.scheduler.remove_job(name)
 
     def _every(self, name: str, job: Callable[[], object], interval: float,
                first: dt.datetime) -> None:
@@ -127,7 +128,7 @@ class Agent:
                 log.exception("%s failed; next run in %.0f s", name, interval)
             finally:
                 due = max(self.clock(), started + dt.timedelta(seconds=interval))
-                if not self._stopping.is_set() and (name != "ping" or self.is_master):
+                if not self._stopping.is_set() and (name == "poll" or self.is_master):
                     self._every(name, job, interval, due)
 
         self.scheduler.add_job(run, "date", run_date=first, id=name, replace_existing=True,

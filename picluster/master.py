@@ -1,5 +1,6 @@
 """The master's jobs (DESIGN §5): render the views that follow membership, keep every
-node's Ganglia config current, and ping nodes with Ansible, pruning the dead.
+node's Ganglia config current, and ping nodes (a knock on their ssh port, and Ansible's
+ping module), pruning the dead.
 
 The agent runs these on the node that holds `master`, from APScheduler jobs; nothing here
 runs git except through `ClusterRepo`, and nothing here is scheduled by itself.
@@ -54,7 +55,10 @@ class Master:
         self.repo = repo
         self._node = node
         self._daemons = daemons
-        self._misses: dict[str, int] = {}  # mac -> consecutive failed pings
+        # ("reach" or "ping", mac) -> consecutive failed pings of that kind
+        self._misses: dict[tuple[str, str], int] = {}
+        self._answering: set[str] | None = None  # IPs that answered the last port knock
+        self._counting = threading.Lock()
         # mac -> (digest of the Ganglia config last sent, when): resent only when it is
         # neither applied nor waiting, and not more often than every few polls.
         self._sent: dict[str, tuple[str, float]] = {}
@@ -153,52 +157,71 @@ class Master:
 
     # -- ping and prune ------------------------------------------------------------------
 
-    def ping(self) -> PingReport:
-        """Ping every worker with Ansible; prune those that missed `prune_after` in a row.
-
-        A worker whose ssh port does not even accept a connection misses its ping at once,
-        and is pruned (when due) before Ansible pings the others: the views drop a dead
-        node a whole Ansible run sooner."""
-        started = time.monotonic()
+    def _workers(self) -> tuple[dict[str, Member], ClusterVars]:
+        """The workers that can be pinged (they reported a host key), by IP."""
         snapshot = self.repo.snapshot()
         membership = read_membership(snapshot)
-        cluster = read_cluster_vars(snapshot)
-        report = PingReport()
         workers = {m.ip: m for m in membership.workers if m.facts.get("host_key")}
         for member in membership.workers:
             if member.ip not in workers:
                 log.warning("node %s reported no ssh host key; it cannot be pinged safely",
                             member.mac)
-        # Forget counts of nodes that left (pruned, or removed by hand).
-        self._misses = {mac: n for mac, n in self._misses.items()
-                        if any(m.mac == mac for m in workers.values())}
-        answering = ansible.answering(workers, self.settings.ping_timeout)
-        self._judge(report, {ip: ansible.HostResult(
-            ip, "unreachable", f"ssh port 22 did not answer within "
-                               f"{self.settings.ping_timeout:g} s")
-            for ip in workers if ip not in answering}, workers)
-        if answering:
-            run = ansible.ping(self.settings, {ip: {"mac": workers[ip].mac} for ip in answering},
-                               cluster.ssh_user, self.settings.cluster_known_hosts)
-            self._judge(report, {ip: run.hosts.get(ip) or ansible.HostResult(
-                ip, "unreachable", "no answer from ansible") for ip in answering}, workers)
+        with self._counting:
+            # Forget the counts of nodes that left (pruned, or removed by hand).
+            macs = {m.mac for m in workers.values()}
+            self._misses = {key: n for key, n in self._misses.items() if key[1] in macs}
+        return workers, read_cluster_vars(snapshot)
+
+    def reach(self) -> PingReport:
+        """Knock on every worker's ssh port; a worker that does not answer within
+        `ping_timeout` misses this ping.  Dead nodes are found here, on the ping schedule,
+        however long Ansible takes with the live ones."""
+        started = time.monotonic()
+        workers, _ = self._workers()
+        self._answering = ansible.answering(workers, self.settings.ping_timeout)
+        report = PingReport()
+        self._judge("reach", report, {ip: ansible.HostResult(
+            ip, "ok" if ip in self._answering else "unreachable",
+            "" if ip in self._answering else
+            f"ssh port 22 did not answer within {self.settings.ping_timeout:g} s")
+            for ip in workers}, workers)
         report.seconds = time.monotonic() - started
         return report
 
-    def _judge(self, report: PingReport, results: dict[str, ansible.HostResult],
+    def ping(self) -> PingReport:
+        """`ansible -m ping` every worker that answers on its ssh port: it proves ssh (with
+        the host key it registered) and Python work, not only that the port is open."""
+        started = time.monotonic()
+        workers, cluster = self._workers()
+        targets = {ip: m for ip, m in workers.items()
+                   if self._answering is None or ip in self._answering}
+        report = PingReport()
+        if targets:
+            run = ansible.ping(self.settings, {ip: {"mac": m.mac} for ip, m in targets.items()},
+                               cluster.ssh_user, self.settings.cluster_known_hosts)
+            self._judge("ping", report, {ip: run.hosts.get(ip) or ansible.HostResult(
+                ip, "unreachable", "no answer from ansible") for ip in targets}, workers)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _judge(self, kind: str, report: PingReport, results: dict[str, ansible.HostResult],
                workers: dict[str, Member]) -> None:
-        """Count each result; prune the nodes that are due, then re-render once."""
+        """Count each result; prune the nodes that are due, then re-render once.  The port
+        knock and the Ansible ping count apart: a node that answers one but keeps failing
+        the other is still pruned."""
         pruned = []
         for ip, result in results.items():
             member = workers[ip]
-            if result.status == "ok":
-                report.ok.append(ip)
-                if self._misses.pop(member.mac, 0):
-                    log.info("node %s (%s) answers again", member.mac, ip)
-                continue
+            key = (kind, member.mac)
+            with self._counting:
+                if result.status == "ok":
+                    report.ok.append(ip)
+                    if self._misses.pop(key, 0):
+                        log.info("node %s (%s) answers again", member.mac, ip)
+                    continue
+                misses = self._misses[key] = self._misses.get(key, 0) + 1
             why = result.message or result.status
             report.failed[ip] = why
-            misses = self._misses[member.mac] = self._misses.get(member.mac, 0) + 1
             log.warning("node %s (%s) missed ping %d of %d: %s", member.mac, ip, misses,
                         self.settings.prune_after, why.splitlines()[-1])
             if misses >= self.settings.prune_after and self._prune(member.mac, ip, misses, why):
@@ -216,7 +239,8 @@ class Master:
         except GitError as error:
             log.warning("could not prune %s yet: %s", mac, error)
             return False
-        self._misses.pop(mac, None)
+        with self._counting:
+            self._misses = {key: n for key, n in self._misses.items() if key[1] != mac}
         self._sent.pop(mac, None)
         if result.commit:
             log.warning("pruned %s (%s) after %d missed pings", mac, ip, misses)

@@ -77,6 +77,26 @@ def test_a_node_that_misses_prune_after_pings_is_pruned(master: Master,
     assert ip_of(2) not in master.settings.hostfile.read_text()
 
 
+def test_a_node_whose_ssh_port_is_silent_is_pruned_without_ansible(
+        master: Master, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ansible, "answering", lambda hosts, timeout: {ip_of(3)})
+    monkeypatch.setattr(ansible, "ping", lambda *a: pytest.fail("the knock settles it"))
+    assert master.reach().failed.keys() == {ip_of(2)}
+    assert master.reach().pruned == [mac_of(2)]
+    assert members(master) == {mac_of(1), mac_of(3)}
+
+
+def test_port_knocks_and_ansible_pings_count_apart(master: Master,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The port answers every time, but Ansible fails (say, a changed host key): the
+    # answering knocks do not reset the count of failed Ansible pings.
+    script_pings(monkeypatch, [{ip_of(3)}, {ip_of(3)}])
+    master.reach()
+    master.ping()
+    master.reach()
+    assert master.ping().pruned == [mac_of(2)]
+
+
 def test_a_flapping_node_is_not_pruned(master: Master, monkeypatch: pytest.MonkeyPatch) -> None:
     everyone = {ip_of(2), ip_of(3)}
     script_pings(monkeypatch, [{ip_of(3)}, everyone, {ip_of(3)}, everyone])
@@ -124,11 +144,13 @@ def test_the_master_waits_for_its_grace_before_polling_or_pinging(cluster: Clust
         grace_over = start + dt.timedelta(minutes=5)
         assert agent.scheduler.get_job("poll").next_run_time == grace_over
         assert agent.scheduler.get_job("ping").next_run_time == grace_over
+        assert agent.scheduler.get_job("reach").next_run_time == grace_over
         # Losing the role stops the pings without a restart; regaining it after the
         # grace pings at once.
         agent.is_master = False
         agent.schedule()
         assert agent.scheduler.get_job("ping") is None
+        assert agent.scheduler.get_job("reach") is None
         now[0] = start + dt.timedelta(minutes=7)
         agent.is_master = True
         agent.schedule()
