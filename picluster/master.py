@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from picluster import ansible, ganglia, layout
 from picluster.files import install_file
@@ -58,11 +58,13 @@ class Master:
         # ("reach" or "ping", mac) -> consecutive failed pings of that kind
         self._misses: dict[tuple[str, str], int] = {}
         self._answering: set[str] | None = None  # IPs that answered the last port knock
+        self._seen: tuple[Membership, ClusterVars] | None = None  # as the last render saw
+        self._leaving: set[str] = set()  # MACs being pruned: gone from the views already
         self._counting = threading.Lock()
         # mac -> (digest of the Ganglia config last sent, when): resent only when it is
         # neither applied nor waiting, and not more often than every few polls.
         self._sent: dict[str, tuple[str, float]] = {}
-        # The poll and the ping (after a prune) both render; one at a time.
+        # Renders (the poll's, a prune's) install this node's files one at a time.
         self._rendering = threading.Lock()
 
     # -- views and configs that follow membership --------------------------------------
@@ -78,35 +80,45 @@ class Master:
                              cluster.gmetad_xml_port, beat, dmax,
                              tuple(m.ip for m in membership.workers))
 
-    def render(self, snapshot: Snapshot | None = None) -> Membership:
-        """Make every view match the registry: install the inventory, hostfile and
-        known_hosts, commit the first two, configure Ganglia here and on the workers."""
-        with self._rendering:
-            return self._render(snapshot or self.repo.snapshot())
-
-    def _render(self, snapshot: Snapshot) -> Membership:
+    def render(self, snapshot: Snapshot | None = None, *, local: bool = False) -> Membership:
+        """Make every view match the registry, less the nodes being pruned: install the
+        inventory, hostfile and known_hosts and configure Ganglia here; then (unless
+        `local`) commit the inventory and hostfile and configure Ganglia on the workers."""
+        snapshot = snapshot or self.repo.snapshot()
         membership = read_membership(snapshot)
+        with self._counting:
+            # A prune is over once the repository no longer lists the node.
+            self._leaving &= {m.mac for m in membership.members}
+            leaving = set(self._leaving)
+        membership = replace(membership, members=tuple(
+            m for m in membership.members if m.mac not in leaving))
         cluster = read_cluster_vars(snapshot)
         for problem in membership.problems + cluster.problems:
             log.warning("%s", problem)
         if membership.master_member is None:
             return membership  # not (or no longer) a master with a registration
         views = render_views(membership, cluster.ssh_user)
-        installed = [name for name, path, text in (
-            ("inventory", self.settings.inventory_file, views.inventory),
-            ("hostfile", self.settings.hostfile, views.hostfile),
-            ("known_hosts", self.settings.cluster_known_hosts, views.known_hosts))
-            if install_file(path, text)]
-        if installed:
-            log.info("rendered %s for %d nodes", ", ".join(installed), len(membership.members))
         config = self.ganglia_config(membership, cluster)
-        me = self._node()
-        if ganglia.apply(self.settings, config, own_ip=me.ip, hostname=socket.gethostname(),
-                         is_master=True):
-            log.info("ganglia: gmond listens to %d members; gmetad reads %s:%d",
-                     len(config.members), config.master_ip, config.gmond_port)
-        self._daemons.ensure(is_master=True)
-        # Local views first (mpirun and gmetad use them now), then the repository's copy.
+        # This node's files and daemons: what mpirun and gmetad use now.  Two renders
+        # never interleave here, so the last one's view of the cluster stands.
+        with self._rendering:
+            installed = [name for name, path, text in (
+                ("inventory", self.settings.inventory_file, views.inventory),
+                ("hostfile", self.settings.hostfile, views.hostfile),
+                ("known_hosts", self.settings.cluster_known_hosts, views.known_hosts))
+                if install_file(path, text)]
+            if installed:
+                log.info("rendered %s for %d nodes", ", ".join(installed),
+                         len(membership.members))
+            me = self._node()
+            if ganglia.apply(self.settings, config, own_ip=me.ip,
+                             hostname=socket.gethostname(), is_master=True):
+                log.info("ganglia: gmond listens to %d members; gmetad reads %s:%d",
+                         len(config.members), config.master_ip, config.gmond_port)
+            self._daemons.ensure(is_master=True)
+            self._seen = (membership, cluster)
+        if local:
+            return membership
         stale = [Put(path, text) for path, text in views.files().items()
                  if snapshot.read(path) != text]
         if stale:
@@ -158,9 +170,12 @@ class Master:
     # -- ping and prune ------------------------------------------------------------------
 
     def _workers(self) -> tuple[dict[str, Member], ClusterVars]:
-        """The workers that can be pinged (they reported a host key), by IP."""
-        snapshot = self.repo.snapshot()
-        membership = read_membership(snapshot)
+        """The workers that can be pinged (they reported a host key), by IP, as the last
+        render saw them: a ping never waits for a git transaction in progress."""
+        if self._seen is None:
+            snapshot = self.repo.snapshot()
+            self._seen = (read_membership(snapshot), read_cluster_vars(snapshot))
+        membership, cluster = self._seen
         workers = {m.ip: m for m in membership.workers if m.facts.get("host_key")}
         for member in membership.workers:
             if member.ip not in workers:
@@ -170,7 +185,7 @@ class Master:
             # Forget the counts of nodes that left (pruned, or removed by hand).
             macs = {m.mac for m in workers.values()}
             self._misses = {key: n for key, n in self._misses.items() if key[1] in macs}
-        return workers, read_cluster_vars(snapshot)
+        return workers, cluster
 
     def reach(self) -> PingReport:
         """Knock on every worker's ssh port; a worker that does not answer within
@@ -209,7 +224,7 @@ class Master:
         """Count each result; prune the nodes that are due, then re-render once.  The port
         knock and the Ansible ping count apart: a node that answers one but keeps failing
         the other is still pruned."""
-        pruned = []
+        due: list[tuple[Member, int, str]] = []
         for ip, result in results.items():
             member = workers[ip]
             key = (kind, member.mac)
@@ -224,11 +239,21 @@ class Master:
             report.failed[ip] = why
             log.warning("node %s (%s) missed ping %d of %d: %s", member.mac, ip, misses,
                         self.settings.prune_after, why.splitlines()[-1])
-            if misses >= self.settings.prune_after and self._prune(member.mac, ip, misses, why):
-                pruned.append(member.mac)
-        if pruned:
-            report.pruned += pruned
-            self.render(self.repo.sync())
+            if misses >= self.settings.prune_after:
+                due.append((member, misses, why))
+        if not due:
+            return
+        # The views drop the nodes at once, before their prune reaches git.
+        with self._counting:
+            self._leaving |= {member.mac for member, _, _ in due}
+        self.render(local=True)
+        for member, misses, why in due:
+            if self._prune(member.mac, member.ip, misses, why):
+                report.pruned.append(member.mac)
+            else:
+                with self._counting:
+                    self._leaving.discard(member.mac)
+        self.render(self.repo.sync())
 
     def _prune(self, mac: str, ip: str, misses: int, why: str) -> bool:
         last = why.strip().splitlines()[-1] if why.strip() else "unreachable"

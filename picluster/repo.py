@@ -253,9 +253,12 @@ class ClusterRepo:
         }
         if ssh_command:
             self._env["GIT_SSH_COMMAND"] = ssh_command
-        # The file lock keeps other processes out of the clone; the mutex keeps this
-        # process's threads from sharing GitPython's (not thread-safe) git processes.
+        # One writer at a time: the file lock keeps other processes out of the clone, the
+        # writing lock this process's other threads.  The mutex only guards GitPython's
+        # object reads (its long-lived `cat-file` processes are not thread-safe), so a
+        # reader never waits for a writer's network round trips.
         self._lock = FileLock(str(self.clone_dir) + ".lock")
+        self._writing = threading.RLock()
         self._mutex = threading.RLock()
         self._repo: git.Repo | None = None
 
@@ -270,9 +273,10 @@ class ClusterRepo:
 
     @property
     def repo(self) -> git.Repo:
-        if self._repo is None:
-            self._repo = self._open()
-        return self._repo
+        with self._mutex:
+            if self._repo is None:
+                self._repo = self._open()
+            return self._repo
 
     def _open(self) -> git.Repo:
         """Open the clone, cloning first; a broken clone is moved aside and re-cloned.
@@ -317,7 +321,7 @@ class ClusterRepo:
     def locked(self) -> Iterator[None]:
         """Hold the clone's lock: one writer per clone, across threads and processes."""
         self.clone_dir.parent.mkdir(parents=True, exist_ok=True)
-        with self._mutex, self._lock:
+        with self._writing, self._lock:
             yield
 
     def _fetch(self, intents: Sequence[_Intent] = ()) -> str:
@@ -329,9 +333,8 @@ class ClusterRepo:
         refspecs = [f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}",
                     *(intent.ref for intent in intents)]
         try:
-            with self._mutex:
-                self.repo.git.fetch("--quiet", "--no-tags", "--no-write-fetch-head",
-                                    "origin", *refspecs)
+            self.repo.git.fetch("--quiet", "--no-tags", "--no-write-fetch-head", "origin",
+                                *refspecs)
         except git.GitCommandError as error:
             if intents and "couldn't find remote ref" in str(error.stderr):
                 raise _Refused("an intent was carried meanwhile") from None
@@ -365,8 +368,7 @@ class ClusterRepo:
                 f"refs/remotes/origin/{self.branch}"]
         if path:
             args += ["--", path]
-        with self._mutex:
-            rows = [line.split("\0") for line in self.repo.git.log(*args).splitlines()]
+        rows = [line.split("\0") for line in self.repo.git.log(*args).splitlines()]
         return [dict(zip(("commit", "author", "date", "subject"), row, strict=True))
                 for row in rows]
 
@@ -424,7 +426,7 @@ class ClusterRepo:
         if not changed:
             return TransactResult(None)
         body = json.dumps({"message": message, "ops": encode_ops(ops)})
-        with self._mutex, _textfile(f"intent: {message}\n\n{body}") as text:
+        with _textfile(f"intent: {message}\n\n{body}") as text:
             sha = self.repo.git.commit_tree(_EMPTY_TREE, "-F", text)
         # The name sorts by creation time: the inbox is a FIFO.
         mine = f"{INBOX}/{int(time.time() * 1000):015d}-{self.writer}-{uuid.uuid4().hex[:8]}"
@@ -489,9 +491,8 @@ class ClusterRepo:
         locally; transient failures are retried until `give_up`."""
         for backoff in _backoffs(first=0.5, cap=5.0):
             try:
-                with self._mutex:
-                    out = self.repo.git.ls_remote("origin", f"refs/heads/{self.branch}",
-                                                  f"{INBOX}/*")
+                out = self.repo.git.ls_remote("origin", f"refs/heads/{self.branch}",
+                                              f"{INBOX}/*")
                 break
             except git.GitCommandError as error:
                 if time.monotonic() + backoff > give_up:
@@ -540,18 +541,17 @@ class ClusterRepo:
         One atomic push: main moves and the carried refs go, or nothing happens.
         Returns (pushed, the new tip).
         """
-        with self._mutex:
-            new_tip = self._commit(tip, ops, message, intents, mine)
-            refspecs = [f":{i.ref}" for i in intents]
-            if new_tip != tip:
-                refspecs.insert(0, f"{new_tip}:refs/heads/{self.branch}")
-            if refspecs:
-                leases = [f"--force-with-lease={i.ref}:{i.sha}" for i in intents]
-                try:
-                    self._push(*leases, "--atomic", "origin", *refspecs)
-                except _Refused:
-                    return False, None
-            return True, new_tip
+        new_tip = self._commit(tip, ops, message, intents, mine)
+        refspecs = [f":{i.ref}" for i in intents]
+        if new_tip != tip:
+            refspecs.insert(0, f"{new_tip}:refs/heads/{self.branch}")
+        if refspecs:
+            leases = [f"--force-with-lease={i.ref}:{i.sha}" for i in intents]
+            try:
+                self._push(*leases, "--atomic", "origin", *refspecs)
+            except _Refused:
+                return False, None
+        return True, new_tip
 
     def _commit(self, tip: str, ops: Sequence[Op], message: str,
                 intents: Sequence[_Intent], mine: str | None) -> str:
@@ -603,8 +603,7 @@ class ClusterRepo:
 
     def _push(self, *args: str) -> None:
         try:
-            with self._mutex:
-                self.repo.git.push("--porcelain", "--quiet", *args)
+            self.repo.git.push("--porcelain", "--quiet", *args)
         except git.GitCommandError as error:
             text = f"{error.stdout}\n{error.stderr}"
             if any(word in text for word in ("rejected", "stale info", "atomic",
