@@ -230,7 +230,7 @@ def test_a_dead_worker_leaves_every_view_and_comes_back(lab: Lab) -> None:
     killed = time.monotonic()
     try:
         wait_until(lambda: not (s := views(lab)["status"][victim.name]).registered
-                   and not s.in_hostfile, bound + 6, "the dead worker to be pruned")
+                   and not s.in_hostfile, bound + 3, "the dead worker to be pruned")
         elapsed = time.monotonic() - killed
         seen = views(lab)
         assert victim.ip not in str(seen["hostfile"]) and seen["inventory_nodes"] == 2
