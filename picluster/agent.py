@@ -92,7 +92,7 @@ class Agent:
         """Register (retrying until git answers), recover from a crash, start the jobs."""
         self._register_until_done()
         self._recover()
-        self.daemons.ensure(is_master=False)  # gmond with the config it last had
+        self.daemons.ensure(is_master=False, own_ip=self.node.ip)  # gmond, last config
         self.scheduler.start()
         self.schedule()
         threading.Thread(target=self._flusher, name="flusher", daemon=True).start()
@@ -135,13 +135,14 @@ class Agent:
                                misfire_grace_time=None)
 
     def run(self) -> None:
-        self.start()
         consumer = self.huey.create_consumer(
             workers=self.settings.workers, worker_type="thread", periodic=False,
             initial_delay=0.05, backoff=1.5, max_delay=0.5)
         try:
+            self.start()
             consumer.run()  # blocks; SIGINT finishes running tasks first
         finally:
+            # Also after a SIGINT during start: the daemons started must not outlive us.
             self.stop(graceful=consumer._graceful)
 
     def stop(self, *, graceful: bool = True) -> None:
@@ -192,7 +193,7 @@ class Agent:
             self.flush()
             if self.is_master:
                 self.master.render()
-            self.daemons.ensure(is_master=self.is_master)
+            self.daemons.ensure(is_master=self.is_master, own_ip=self.node.ip)
         except GitError as error:
             log.warning("poll failed, next one in %.0f s: %s", self.settings.poll_interval,
                         error)
@@ -282,7 +283,8 @@ class Agent:
             self._wake.clear()
             try:
                 self.flush()
-                self.daemons.ensure(is_master=self.is_master)  # a config task may have run
+                # A config task may have run.
+                self.daemons.ensure(is_master=self.is_master, own_ip=self.node.ip)
             except GitError as error:
                 log.warning("cannot push outcomes yet, retrying at the next poll: %s", error)
             except Exception:

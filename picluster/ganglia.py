@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from picluster.files import install_file
+from picluster.identity import is_local
 from picluster.render import GangliaConfig, gmetad_conf, gmond_conf
 from picluster.settings import Settings
 
@@ -99,7 +100,8 @@ class _Daemon:
             return
         if cmdline and Path(cmdline[0].decode()).name == self.name \
                 and str(self.config).encode() in cmdline:
-            os.kill(pid, signal.SIGTERM)
+            # gmond ignores SIGTERM at times; it holds nothing a SIGKILL could lose.
+            os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
         if self._process is None:
@@ -121,11 +123,19 @@ class Daemons:
         gmond, gmetad = _configs(settings)
         self._gmond = _Daemon("gmond", gmond, settings)
         self._gmetad = _Daemon("gmetad", gmetad, settings)
+        self._warned = False
 
-    def ensure(self, *, is_master: bool) -> None:
-        """Run what the configs on disk say should run; stop the rest."""
-        self._gmond.ensure(True)
-        self._gmetad.ensure(is_master)
+    def ensure(self, *, is_master: bool, own_ip: str) -> None:
+        """Run what the configs on disk say should run; stop the rest.  Nothing runs
+        while `own_ip` is not an address of this host: gmond would send to the master
+        through whatever route this host has."""
+        local = is_local(own_ip)
+        if not local and not self._warned:
+            log.warning("%s is not an address of this host: gmond and gmetad stay off",
+                        own_ip)
+        self._warned = not local
+        self._gmond.ensure(local)
+        self._gmetad.ensure(local and is_master)
 
     def stop(self) -> None:
         self._gmetad.stop()

@@ -15,7 +15,7 @@ from picluster import __version__
 from picluster.layout import normalize_mac
 from picluster.settings import Settings
 
-__all__ = ["IdentityError", "NodeIdentity", "facts", "identify", "writer_name"]
+__all__ = ["IdentityError", "NodeIdentity", "facts", "identify", "is_local", "writer_name"]
 
 _SIOCGIFADDR = 0x8915
 _SIOCGIFHWADDR = 0x8927
@@ -53,6 +53,19 @@ def identify(settings: Settings) -> NodeIdentity:
             f"'{settings.interface}': {error.strerror}; is the network up? Set 'interface' "
             f"(or pin 'mac' and 'ip') in {settings.source}") from None
     return NodeIdentity(mac, ip)
+
+
+def is_local(ip: str) -> bool:
+    """Whether `ip` is an address of this host (of this network namespace).
+
+    A node whose configured IP is not (a pinned `ip` in a test, a typo) must not send
+    cluster traffic: it would leave through whatever route this host has."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((ip, 0))
+        except OSError:
+            return False
+    return True
 
 
 def writer_name(settings: Settings) -> str:

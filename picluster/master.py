@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from picluster import ansible, ganglia, layout
 from picluster.files import install_file
-from picluster.identity import NodeIdentity
+from picluster.identity import NodeIdentity, is_local
 from picluster.queue import enqueue, make_task
 from picluster.registry import (
     ClusterVars,
@@ -60,6 +60,7 @@ class Master:
         self._answering: set[str] | None = None  # IPs that answered the last port knock
         self._seen: tuple[Membership, ClusterVars] | None = None  # as the last render saw
         self._leaving: set[str] = set()  # MACs being pruned: gone from the views already
+        self._said_offline = False
         self._counting = threading.Lock()
         # mac -> (digest of the Ganglia config last sent, when): resent only when it is
         # neither applied nor waiting, and not more often than every few polls.
@@ -115,7 +116,7 @@ class Master:
                              hostname=socket.gethostname(), is_master=True):
                 log.info("ganglia: gmond listens to %d members; gmetad reads %s:%d",
                          len(config.members), config.master_ip, config.gmond_port)
-            self._daemons.ensure(is_master=True)
+            self._daemons.ensure(is_master=True, own_ip=me.ip)
             self._seen = (membership, cluster)
         if local:
             return membership
@@ -187,11 +188,23 @@ class Master:
             self._misses = {key: n for key, n in self._misses.items() if key[1] in macs}
         return workers, cluster
 
+    def _offline(self) -> bool:
+        """This node's IP is not its own (pinned in a test, a typo): it pings nobody,
+        since its packets would leave through whatever route this host has."""
+        ip = self._node().ip
+        offline = not is_local(ip)
+        if offline and not self._said_offline:
+            log.warning("%s is not an address of this host: not pinging anyone", ip)
+        self._said_offline = offline
+        return offline
+
     def reach(self) -> PingReport:
         """Knock on every worker's ssh port; a worker that does not answer within
         `ping_timeout` misses this ping.  Dead nodes are found here, on the ping schedule,
         however long Ansible takes with the live ones."""
         started = time.monotonic()
+        if self._offline():
+            return PingReport()
         workers, _ = self._workers()
         self._answering = ansible.answering(workers, self.settings.ping_timeout)
         report = PingReport()
@@ -207,6 +220,8 @@ class Master:
         """`ansible -m ping` every worker that answers on its ssh port: it proves ssh (with
         the host key it registered) and Python work, not only that the port is open."""
         started = time.monotonic()
+        if self._offline():
+            return PingReport()
         workers, cluster = self._workers()
         targets = {ip: m for ip, m in workers.items()
                    if self._answering is None or ip in self._answering}

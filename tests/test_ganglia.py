@@ -43,23 +43,23 @@ def test_the_agent_runs_gmond_and_gmetad_with_the_configs_it_applied(tmp_path: P
                              is_master=True)
         state = json.loads(settings.ganglia_state.read_text())
         assert state["digest"] == ganglia.digest(config) and state["role"] == "master"
-        daemons.ensure(is_master=True)
+        daemons.ensure(is_master=True, own_ip="127.0.0.1")
         wait_until(lambda: hosts_at(config.gmond_port) == ["pi-test"], 30, "gmond's XML")
         wait_until(lambda: hosts_at(config.gmetad_xml_port) == ["pi-test"], 30,
                    "gmetad's XML")
         gmond_pid = int((settings.run_dir / "gmond.pid").read_text())
-        daemons.ensure(is_master=True)  # nothing changed: nothing restarts
+        daemons.ensure(is_master=True, own_ip="127.0.0.1")  # nothing changed: nothing restarts
         assert int((settings.run_dir / "gmond.pid").read_text()) == gmond_pid
         # A new config (a new member) restarts gmond.
         assert ganglia.apply(settings, GangliaConfig(**{**vars(config),
                                                         "members": ("198.18.0.20",)}),
                              own_ip="127.0.0.1", hostname="pi-test", is_master=True)
-        daemons.ensure(is_master=True)
+        daemons.ensure(is_master=True, own_ip="127.0.0.1")
         wait_until(lambda: not process_alive(gmond_pid), 10, "the old gmond to exit")
         # Demoted: gmetad's config goes, and gmetad with it.
         ganglia.apply(settings, config, own_ip="127.0.0.1", hostname="pi-test",
                       is_master=False)
-        daemons.ensure(is_master=False)
+        daemons.ensure(is_master=False, own_ip="127.0.0.1")
         assert not (settings.rendered_dir / "gmetad.conf").exists()
         time.sleep(0.5)
         assert hosts_at(config.gmetad_xml_port) == []
@@ -67,3 +67,13 @@ def test_the_agent_runs_gmond_and_gmetad_with_the_configs_it_applied(tmp_path: P
         daemons.stop()
     assert not any(process_alive(int(p.read_text()))
                    for p in settings.run_dir.glob("*.pid") if p.read_text().strip())
+
+
+def test_no_daemon_runs_for_an_address_that_is_not_this_hosts(tmp_path: Path) -> None:
+    settings = Settings.parse(f"repo = /x\nhome = {tmp_path}\n")
+    config = GangliaConfig("test", "198.18.0.3", gmond_port=free_port())
+    ganglia.apply(settings, config, own_ip="198.18.0.3", hostname="pi-test", is_master=True)
+    daemons = ganglia.Daemons(settings)
+    daemons.ensure(is_master=True, own_ip="198.18.0.3")  # pinned in a config, not ours
+    assert not (settings.run_dir / "gmond.pid").exists()
+    daemons.stop()

@@ -8,6 +8,7 @@ import pytest
 from helpers import Cluster, ip_of, mac_of, wait_until
 
 from picluster import ansible, layout
+from picluster import master as master_module
 from picluster.agent import Agent
 from picluster.identity import NodeIdentity
 from picluster.lab import Lab
@@ -19,7 +20,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbc"
 
 
 class NoDaemons:
-    def ensure(self, *, is_master: bool) -> None:
+    def ensure(self, *, is_master: bool, own_ip: str) -> None:
         pass
 
     def stop(self) -> None:
@@ -56,6 +57,12 @@ def script_pings(monkeypatch: pytest.MonkeyPatch, rounds: list[set[str]]) -> lis
     return pinged
 
 
+@pytest.fixture(autouse=True)
+def pretend_the_master_ip_is_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The master pings only from an address of its own; here nothing is sent at all.
+    monkeypatch.setattr(master_module, "is_local", lambda ip: True)
+
+
 def members(master: Master) -> set[str]:
     return {m.mac for m in read_membership(master.repo.sync()).members}
 
@@ -75,6 +82,14 @@ def test_a_node_that_misses_prune_after_pings_is_pruned(master: Master,
     assert "Connection timed out" in subject
     # Every view follows: the hostfile no longer lists it.
     assert ip_of(2) not in master.settings.hostfile.read_text()
+
+
+def test_a_master_whose_ip_is_not_its_own_pings_nobody(master: Master,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(master_module, "is_local", lambda ip: False)
+    monkeypatch.setattr(ansible, "answering", lambda *a: pytest.fail("no knock"))
+    monkeypatch.setattr(ansible, "ping", lambda *a: pytest.fail("no ping"))
+    assert master.reach().failed == {} and master.ping().failed == {}
 
 
 def test_a_node_whose_ssh_port_is_silent_is_pruned_without_ansible(
