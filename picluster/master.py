@@ -81,28 +81,27 @@ class Master:
                              cluster.gmetad_xml_port, beat, dmax,
                              tuple(m.ip for m in membership.workers))
 
-    def render(self, snapshot: Snapshot | None = None, *, local: bool = False) -> Membership:
-        """Make every view match the registry, less the nodes being pruned: install the
-        inventory, hostfile and known_hosts and configure Ganglia here; then (unless
-        `local`) commit the inventory and hostfile and configure Ganglia on the workers."""
-        snapshot = snapshot or self.repo.snapshot()
-        membership = read_membership(snapshot)
-        with self._counting:
-            # A prune is over once the repository no longer lists the node.
-            self._leaving &= {m.mac for m in membership.members}
-            leaving = set(self._leaving)
-        membership = replace(membership, members=tuple(
-            m for m in membership.members if m.mac not in leaving))
-        cluster = read_cluster_vars(snapshot)
-        for problem in membership.problems + cluster.problems:
-            log.warning("%s", problem)
-        if membership.master_member is None:
-            return membership  # not (or no longer) a master with a registration
-        views = render_views(membership, cluster.ssh_user)
-        config = self.ganglia_config(membership, cluster)
-        # This node's files and daemons: what mpirun and gmetad use now.  Two renders
-        # never interleave here, so the last one's view of the cluster stands.
+    def render(self, *, local: bool = False) -> Membership:
+        """Make every view match the registry as last synced, less the nodes being pruned:
+        install the inventory, hostfile and known_hosts and configure Ganglia here; then
+        (unless `local`) commit the inventory and hostfile and configure Ganglia on the
+        workers."""
+        # One render at a time, each from the newest state, read under the lock: a slow
+        # render from an older state can never install its views after a newer one.
         with self._rendering:
+            snapshot = self.repo.snapshot()
+            membership = read_membership(snapshot)
+            with self._counting:
+                leaving = set(self._leaving)
+            membership = replace(membership, members=tuple(
+                m for m in membership.members if m.mac not in leaving))
+            cluster = read_cluster_vars(snapshot)
+            for problem in membership.problems + cluster.problems:
+                log.warning("%s", problem)
+            if membership.master_member is None:
+                return membership  # not (or no longer) a master with a registration
+            views = render_views(membership, cluster.ssh_user)
+            config = self.ganglia_config(membership, cluster)
             installed = [name for name, path, text in (
                 ("inventory", self.settings.inventory_file, views.inventory),
                 ("hostfile", self.settings.hostfile, views.hostfile),
@@ -259,16 +258,18 @@ class Master:
         if not due:
             return
         # The views drop the nodes at once, before their prune reaches git.
+        macs = {member.mac for member, _, _ in due}
         with self._counting:
-            self._leaving |= {member.mac for member, _, _ in due}
-        self.render(local=True)
-        for member, misses, why in due:
-            if self._prune(member.mac, member.ip, misses, why):
-                report.pruned.append(member.mac)
-            else:
-                with self._counting:
-                    self._leaving.discard(member.mac)
-        self.render(self.repo.sync())
+            self._leaving |= macs
+        try:
+            self.render(local=True)
+            report.pruned += [member.mac for member, misses, why in due
+                              if self._prune(member.mac, member.ip, misses, why)]
+        finally:
+            # From here the repository says who is in (a pruned node may register again).
+            with self._counting:
+                self._leaving -= macs
+        self.render()
 
     def _prune(self, mac: str, ip: str, misses: int, why: str) -> bool:
         last = why.strip().splitlines()[-1] if why.strip() else "unreachable"

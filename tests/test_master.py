@@ -127,12 +127,14 @@ def test_a_pruned_node_that_registers_again_is_back(master: Master,
     master.ping()
     assert members(master) == {mac_of(1)}
     register(master.repo, NodeIdentity(mac_of(2), ip_of(2)), {"host_key": KEY})
-    master.render(master.repo.sync())
+    master.repo.sync()
+    master.render()
     assert ip_of(2) in master.settings.hostfile.read_text()
 
 
 def test_render_installs_commits_and_configures_ganglia_once(master: Master) -> None:
-    master.render(master.repo.sync())
+    master.repo.sync()
+    master.render()
     snapshot = master.repo.sync()
     assert snapshot.read("hostfile") == master.settings.hostfile.read_text()
     assert "[master]\n198.18.0.3" in (snapshot.read("inventory") or "")
@@ -143,7 +145,8 @@ def test_render_installs_commits_and_configures_ganglia_once(master: Master) -> 
     assert snapshot.listdir(layout.queue_dir(mac_of(1))) == []  # the master applies its own
     assert (master.settings.rendered_dir / "gmetad.conf").exists()
     before = master.repo.log(limit=1)[0]["commit"]
-    master.render(master.repo.sync())  # nothing changed: no commit, no second task
+    master.repo.sync()
+    master.render()  # nothing changed: no commit, no second task
     assert master.repo.log(limit=1)[0]["commit"] == before
 
 
