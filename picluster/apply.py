@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from picluster import ansible
 from picluster.settings import Settings
 
@@ -66,5 +68,15 @@ def apply(settings: Settings, name: str, *, limit: str | None = None,
             raise PlaybookError(
                 f"no {what} at {rendered}: the master's agent renders it from the registry; "
                 "run apply on the master (with its boot config) once its agent is running")
-    return ansible.playbook(settings, path, settings.inventory_file,
-                            settings.cluster_known_hosts, limit=limit, check=check)
+    # As the prototype did: one playbook run at a time (apt's lock, Ansible's artifacts).
+    lock = FileLock(settings.ansible_dir.parent / "playbook.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise PlaybookError(f"another playbook run holds {lock.lock_file}; wait for it to "
+                            "finish") from None
+    try:
+        return ansible.playbook(settings, path, settings.inventory_file,
+                                settings.cluster_known_hosts, limit=limit, check=check)
+    finally:
+        lock.release()

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from helpers import run_cli, wait_until
 
-from picluster.apply import PlaybookError, playbook_dir, resolve, shipped
+from picluster.apply import PlaybookError, apply, playbook_dir, resolve, shipped
 from picluster.lab import Lab, Node
+from picluster.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "tasks"
@@ -155,6 +157,16 @@ def test_apply_without_a_rendered_inventory_exits_2_and_says_who_renders_it(node
     assert result.returncode == 2
     assert f"no inventory at {tmp_path / 'home' / 'rendered' / 'inventory'}" in result.stderr
     assert "the master's agent renders it" in result.stderr
+
+
+def test_apply_waits_for_no_one_while_another_playbook_runs(node_config):
+    settings = Settings.load(node_config)
+    for rendered in (settings.inventory_file, settings.cluster_known_hosts):
+        rendered.parent.mkdir(parents=True, exist_ok=True)
+        rendered.write_text("")
+    with FileLock(settings.home / "playbook.lock"), \
+            pytest.raises(PlaybookError, match="another playbook run holds"):
+        apply(settings, "core")
 
 
 # -- real runs on a lab --------------------------------------------------------------------
