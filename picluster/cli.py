@@ -17,10 +17,10 @@ from picluster import __version__, layout
 from picluster.boot import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.identity import IdentityError, facts, identify, writer_name
 from picluster.queue import enqueue, make_task, wait_for
-from picluster.registry import read_membership, register
+from picluster.registry import read_cluster_vars, read_membership, register
 from picluster.repo import ClusterRepo, GitError, init_bare
 from picluster.settings import ConfigError, Settings
-from picluster.signing import SignatureError, signer_line
+from picluster.signing import AllowedSigners, SignatureError, signer_line
 
 __all__ = ["app", "main"]
 
@@ -234,9 +234,12 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
               "pending": len([n for n in snapshot.listdir(layout.queue_dir(m.mac), files=True)
                               if n.endswith(".json")])}
              for m in membership.members]
+    # Everything in the repository that a person should fix, each with its fix.
+    problems = [*membership.problems, *read_cluster_vars(snapshot).problems,
+                *AllowedSigners.parse(snapshot.read(layout.ALLOWED_SIGNERS) or "",
+                                      layout.ALLOWED_SIGNERS).problems]
     if as_json:
-        print_json({"master": membership.master, "nodes": nodes,
-                    "problems": list(membership.problems)})
+        print_json({"master": membership.master, "nodes": nodes, "problems": problems})
         return
     table = Table(title=f"picluster: {len(nodes)} nodes")
     for column in ("MAC", "IP", "hostname", "role", "cores", "pending tasks"):
@@ -246,7 +249,7 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
                       str(node["hostname"]), str(node["role"]), str(node["cores"]),
                       str(node["pending"]))
     out.print(table)
-    for problem in membership.problems:
+    for problem in problems:
         err.print(f"[yellow]problem:[/] {problem}", highlight=False)
 
 

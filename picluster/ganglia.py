@@ -13,8 +13,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -66,6 +68,7 @@ class _Daemon:
         self.logfile = settings.run_dir / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._running_config: str | None = None
+        self._missing = False  # the executable is not installed (said once)
 
     def _argv(self) -> list[str]:
         if self.name == "gmetad":  # a debug level keeps it in the foreground
@@ -81,12 +84,25 @@ class _Daemon:
             return
         if alive and text == self._running_config:
             return
+        if self._missing and shutil.which(self.name) is None:
+            return  # said so already
         self.stop()
         self._stop_stale()
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
-        with self.logfile.open("ab") as log_file:
-            self._process = subprocess.Popen(self._argv(), stdout=log_file, stderr=log_file,
-                                             stdin=subprocess.DEVNULL)
+        # A fresh log at every start: it cannot grow without end on an SD card.
+        with self.logfile.open("wb") as log_file:
+            try:
+                self._process = subprocess.Popen(self._argv(), stdout=log_file,
+                                                 stderr=log_file, stdin=subprocess.DEVNULL)
+            except FileNotFoundError:
+                # Monitoring is not worth the cluster: the views and prunes go on without it.
+                if not self._missing:
+                    log.warning("%s is not installed: no Ganglia here (apt install %s, or "
+                                "picluster apply ganglia)", self.name,
+                                "gmetad" if self.name == "gmetad" else "ganglia-monitor")
+                self._missing = True
+                return
+        self._missing = False
         self._running_config = text
         log.info("%s %s with %s (pid %d)", "restarted" if alive else "started", self.name,
                  self.config, self._process.pid)
@@ -124,19 +140,27 @@ class Daemons:
         self._gmond = _Daemon("gmond", gmond, settings)
         self._gmetad = _Daemon("gmetad", gmetad, settings)
         self._warned = False
+        # The poll, the flusher and the ping jobs all ensure; once stopped, nothing starts.
+        self._lock = threading.Lock()
+        self._stopped = False
 
     def ensure(self, *, is_master: bool, own_ip: str) -> None:
         """Run what the configs on disk say should run; stop the rest.  Nothing runs
         while `own_ip` is not an address of this host: gmond would send to the master
         through whatever route this host has."""
         local = is_local(own_ip)
-        if not local and not self._warned:
-            log.warning("%s is not an address of this host: gmond and gmetad stay off",
-                        own_ip)
-        self._warned = not local
-        self._gmond.ensure(local)
-        self._gmetad.ensure(local and is_master)
+        with self._lock:
+            if self._stopped:
+                return
+            if not local and not self._warned:
+                log.warning("%s is not an address of this host: gmond and gmetad stay off",
+                            own_ip)
+            self._warned = not local
+            self._gmond.ensure(local)
+            self._gmetad.ensure(local and is_master)
 
     def stop(self) -> None:
-        self._gmetad.stop()
-        self._gmond.stop()
+        with self._lock:
+            self._stopped = True
+            self._gmetad.stop()
+            self._gmond.stop()

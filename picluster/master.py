@@ -65,6 +65,7 @@ class Master:
         # mac -> (digest of the Ganglia config last sent, when): resent only when it is
         # neither applied nor waiting, and not more often than every few polls.
         self._sent: dict[str, tuple[str, float]] = {}
+        self._configuring = threading.Lock()  # guards _sent
         # Renders (the poll's, a prune's) install this node's files one at a time.
         self._rendering = threading.Lock()
 
@@ -90,11 +91,7 @@ class Master:
         # render from an older state can never install its views after a newer one.
         with self._rendering:
             snapshot = self.repo.snapshot()
-            membership = read_membership(snapshot)
-            with self._counting:
-                leaving = set(self._leaving)
-            membership = replace(membership, members=tuple(
-                m for m in membership.members if m.mac not in leaving))
+            membership = self._membership(snapshot)
             cluster = read_cluster_vars(snapshot)
             for problem in membership.problems + cluster.problems:
                 log.warning("%s", problem)
@@ -119,14 +116,28 @@ class Master:
             self._seen = (membership, cluster)
         if local:
             return membership
-        stale = [Put(path, text) for path, text in views.files().items()
-                 if snapshot.read(path) != text]
-        if stale:
-            # The master's own writes do not commute with anyone's: compare-and-set.
-            self.repo.transact(lambda _: stale, f"render {', '.join(p.path for p in stale)} "
-                                                f"for {len(membership.members)} nodes")
-        self._configure_workers(snapshot, membership, config)
+        if any(snapshot.read(path) != text for path, text in views.files().items()):
+            # Compare-and-set, rendered again from the tip it lands on: a render that
+            # lost the race never commits views older than the winner's.
+            self.repo.transact(self._committed_views,
+                               f"render inventory and hostfile for {len(membership.members)} "
+                               "nodes")
+        with self._configuring:
+            self._configure_workers(snapshot, membership, config)
         return membership
+
+    def _membership(self, snapshot: Snapshot) -> Membership:
+        """The registry in `snapshot`, less the nodes being pruned."""
+        with self._counting:
+            leaving = set(self._leaving)
+        membership = read_membership(snapshot)
+        return replace(membership, members=tuple(
+            m for m in membership.members if m.mac not in leaving))
+
+    def _committed_views(self, tip: Snapshot) -> list[Put]:
+        views = render_views(self._membership(tip), read_cluster_vars(tip).ssh_user)
+        return [Put(path, text) for path, text in views.files().items()
+                if tip.read(path) != text]
 
     def _configure_workers(self, snapshot: Snapshot, membership: Membership,
                            config: GangliaConfig) -> None:
@@ -176,7 +187,7 @@ class Master:
             snapshot = self.repo.snapshot()
             self._seen = (read_membership(snapshot), read_cluster_vars(snapshot))
         membership, cluster = self._seen
-        workers = {m.ip: m for m in membership.workers if m.facts.get("host_key")}
+        workers = {m.ip: m for m in membership.workers if m.host_key}
         for member in membership.workers:
             if member.ip not in workers:
                 log.warning("node %s reported no ssh host key; it cannot be pinged safely",
@@ -262,7 +273,11 @@ class Master:
         with self._counting:
             self._leaving |= macs
         try:
-            self.render(local=True)
+            try:
+                self.render(local=True)
+            except Exception:
+                log.exception("could not drop %s from the local views; pruning anyway",
+                              ", ".join(sorted(macs)))
             report.pruned += [member.mac for member, misses, why in due
                               if self._prune(member.mac, member.ip, misses, why)]
         finally:
@@ -282,7 +297,8 @@ class Master:
             return False
         with self._counting:
             self._misses = {key: n for key, n in self._misses.items() if key[1] != mac}
-        self._sent.pop(mac, None)
+        with self._configuring:
+            self._sent.pop(mac, None)
         if result.commit:
             log.warning("pruned %s (%s) after %d missed pings", mac, ip, misses)
         return bool(result.commit)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -31,6 +32,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# What may reach an inventory, a Ganglia config or an Ansible variable from the repository:
+# plain names only, since Ansible expands {{ templates }} and INI takes `key=value` pairs.
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_HOST_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*")
+_PLAIN = {"name": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
+          "ssh_user": re.compile(r"[a-z_][a-z0-9_-]{0,31}")}
+
 
 @dataclass(frozen=True)
 class Member:
@@ -40,7 +49,17 @@ class Member:
 
     @property
     def hostname(self) -> str:
-        return str(self.facts.get("hostname") or self.ip)
+        """The hostname the node reported, if it is a plain one; else its IP.  (Facts are
+        unsigned and end up in the inventory and Ganglia's configs.)"""
+        name = self.facts.get("hostname")
+        return name if isinstance(name, str) and _HOSTNAME.fullmatch(name) else self.ip
+
+    @property
+    def host_key(self) -> str | None:
+        """The ssh host key the node reported (`type base64`), if it is one: a stray
+        newline would add lines of its own to the master's known_hosts."""
+        key = self.facts.get("host_key")
+        return key if isinstance(key, str) and _HOST_KEY.fullmatch(key) else None
 
     @property
     def cores(self) -> int:
@@ -122,12 +141,16 @@ def _read_facts(snapshot: Snapshot, mac: str, problems: list[str]) -> dict[str, 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f": line {mark.line + 1}" if mark else ""
-        problems.append(f"{path}{where}: not valid YAML; the node rewrites it when it next "
-                        "registers")
+        problems.append(_yaml_problem(path, error, "the node rewrites it when it next "
+                                                   "registers"))
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _yaml_problem(path: str, error: yaml.YAMLError, consequence: str) -> str:
+    mark = getattr(error, "problem_mark", None)
+    where = f": line {mark.line + 1}" if mark else ""
+    return f"{path}{where}: not valid YAML; {consequence}"
 
 
 @dataclass(frozen=True)
@@ -147,10 +170,8 @@ def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f": line {mark.line + 1}" if mark else ""
-        return ClusterVars(problems=(f"{layout.CLUSTER_VARS}{where}: not valid YAML; "
-                                     "defaults apply until it is fixed",))
+        return ClusterVars(problems=(_yaml_problem(layout.CLUSTER_VARS, error,
+                                                   "defaults apply until it is fixed"),))
     data = data if isinstance(data, dict) else {}
     ganglia = data.get("ganglia") if isinstance(data.get("ganglia"), dict) else {}
     values = {"name": data.get("name"), "ssh_user": data.get("ssh_user"),
@@ -165,6 +186,14 @@ def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
         if not isinstance(value, type(default)) or isinstance(value, bool):
             problems.append(f"{layout.CLUSTER_VARS}: '{key}' should be a "
                             f"{type(default).__name__}, not {value!r}; using {default!r}")
+            continue
+        if key in _PLAIN and not _PLAIN[key].fullmatch(value):
+            problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be a plain name "
+                            f"({_PLAIN[key].pattern}), not {value!r}; using {default!r}")
+            continue
+        if isinstance(value, int) and not 0 < value < 65536:
+            problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be a port (1-65535), not "
+                            f"{value}; using {default}")
             continue
         chosen[key] = value
     return ClusterVars(**chosen, problems=tuple(problems))  # type: ignore[arg-type]

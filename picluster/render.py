@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from picluster import layout
 from picluster.registry import Member, Membership
 
 __all__ = ["GangliaConfig", "Views", "gmetad_conf", "gmond_conf", "render_views"]
@@ -33,7 +34,7 @@ class Views:
 
     def files(self) -> dict[str, str]:
         """Repository path -> content, for the views committed to the repository."""
-        return {"inventory": self.inventory, "hostfile": self.hostfile}
+        return {layout.INVENTORY: self.inventory, layout.HOSTFILE: self.hostfile}
 
 
 def render_views(membership: Membership, ssh_user: str) -> Views:
@@ -51,8 +52,7 @@ def render_views(membership: Membership, ssh_user: str) -> Views:
                   "ansible_python_interpreter=/usr/bin/python3\n")
     ordered = ([master] if master else []) + workers
     hostfile = _HEADER + "".join(f"{m.ip} slots={m.cores}\n" for m in ordered)
-    known_hosts = "".join(f"{m.ip} {m.facts['host_key']}\n" for m in ordered
-                          if isinstance(m.facts.get("host_key"), str))
+    known_hosts = "".join(f"{m.ip} {m.host_key}\n" for m in ordered if m.host_key)
     return Views(inventory, hostfile, known_hosts)
 
 

@@ -254,9 +254,10 @@ class ClusterRepo:
         if ssh_command:
             self._env["GIT_SSH_COMMAND"] = ssh_command
         # One writer at a time: the file lock keeps other processes out of the clone, the
-        # writing lock this process's other threads.  The mutex only guards GitPython's
-        # object reads (its long-lived `cat-file` processes are not thread-safe), so a
-        # reader never waits for a writer's network round trips.
+        # writing lock this process's other threads (sync() is a writer: it moves the
+        # tracking ref).  The mutex only guards GitPython's object reads (its long-lived
+        # `cat-file` processes are not thread-safe), so reading a Snapshot never waits
+        # for a writer's network round trips.
         self._lock = FileLock(str(self.clone_dir) + ".lock")
         self._writing = threading.RLock()
         self._mutex = threading.RLock()
@@ -296,10 +297,11 @@ class ClusterRepo:
                 except (git.GitError, ValueError) as error:
                     # SD cards corrupt files.  The clone holds no unpushed work outside
                     # a transaction, so a fresh clone loses nothing.
-                    aside = self.clone_dir.with_name(
-                        f"{self.clone_dir.name}.broken-{int(time.time())}")
+                    aside = self.clone_dir.with_name(f"{self.clone_dir.name}.broken")
                     log.warning("clone %s is broken (%s); moving it to %s and re-cloning",
                                 self.clone_dir, str(error).strip().splitlines()[-1], aside)
+                    # Only the latest broken clone is kept, for a post-mortem.
+                    shutil.rmtree(aside, ignore_errors=True)
                     shutil.move(self.clone_dir, aside)
             log.info("cloning %s into %s", self.url, self.clone_dir)
             repo = git.Repo.init(self.clone_dir, bare=True)
@@ -405,15 +407,16 @@ class ClusterRepo:
             try:
                 tip = self._fetch(intents)
             except _Refused:
-                continue
-            snapshot = self._snapshot(tip)
-            ops = tuple(change(snapshot))
-            changed = _effective(snapshot, ops)
-            if not changed:
-                return TransactResult(None, attempts=attempts - 1)
-            pushed, commit = self._push_main(tip, ops, message, intents)
-            if pushed:
-                return TransactResult(commit, attempts, len(intents), changed)
+                tip = None  # an intent was carried meanwhile: read the inbox again
+            if tip is not None:
+                snapshot = self._snapshot(tip)
+                ops = tuple(change(snapshot))
+                changed = _effective(snapshot, ops)
+                if not changed:
+                    return TransactResult(None, attempts=attempts - 1)
+                pushed, commit = self._push_main(tip, ops, message, intents)
+                if pushed:
+                    return TransactResult(commit, attempts, len(intents), changed)
             if time.monotonic() + backoff > give_up:
                 raise GitError(f"gave up pushing '{message}' to {self.url} after "
                                f"{attempts} attempts: the remote kept moving")
@@ -606,8 +609,14 @@ class ClusterRepo:
             self.repo.git.push("--porcelain", "--quiet", *args)
         except git.GitCommandError as error:
             text = f"{error.stdout}\n{error.stderr}"
-            if any(word in text for word in ("rejected", "stale info", "atomic",
-                                              "cannot lock ref", "failed to update")):
+            # Only "the remote moved" is worth another try; a hook, a protected branch or
+            # missing rights refuse every attempt alike.
+            if not any(word in text for word in ("declined", "denied", "permission",
+                                                  "protected")) \
+                    and any(word in text for word in ("fetch first", "non-fast-forward",
+                                                      "stale info", "atomic",
+                                                      "cannot lock ref", "failed to update",
+                                                      "failed to lock")):
                 raise _Refused(text) from None
             raise GitError(f"cannot push to {self.url}: {_last_line(error)}") from None
 

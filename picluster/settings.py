@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import shlex
@@ -91,6 +92,8 @@ def _parse_value(key: str, raw: str) -> object:
             number, scale = raw[:-1], _DURATION_UNITS[raw[-1].lower()]
         try:
             seconds = float(number) * scale
+            if not math.isfinite(seconds):
+                raise ValueError
         except ValueError:
             raise ValueError(f"'{raw}' is not a duration; use seconds, e.g. 30 or 30s or 5m") \
                 from None
@@ -223,10 +226,6 @@ class Settings:
     @property
     def clone_dir(self) -> Path:
         return self.home / "repo"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.home / "repo.lock"
 
     @property
     def huey_db(self) -> Path:

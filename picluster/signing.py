@@ -9,6 +9,7 @@ would cap throughput.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import io
 import subprocess
@@ -67,6 +68,25 @@ def signer_line(public_key: str, name: str) -> str:
     return f'{name} namespaces="{NAMESPACE}" {parts[0]} {parts[1]}{comment}'
 
 
+def _valid_now(after: str | None, before: str | None) -> bool:
+    """ssh-keygen's valid-after/valid-before: YYYYMMDD[HHMM[SS]], UTC with a Z, else local
+    time.  ValueError for a malformed time."""
+    now = dt.datetime.now(dt.UTC)
+
+    def parse(text: str) -> dt.datetime:
+        utc = text.endswith(("Z", "z"))
+        digits = text.rstrip("Zz")
+        for pattern in ("%Y%m%d%H%M%S", "%Y%m%d%H%M", "%Y%m%d"):
+            try:
+                moment = dt.datetime.strptime(digits, pattern)
+            except ValueError:
+                continue
+            return moment.replace(tzinfo=dt.UTC) if utc else moment.astimezone(dt.UTC)
+        raise ValueError(f"'{text}' is not a time (YYYYMMDD[HHMM[SS]][Z])")
+
+    return (after is None or parse(after) <= now) and (before is None or now < parse(before))
+
+
 @dataclass(frozen=True)
 class _Entry:
     principals: tuple[str, ...]
@@ -89,8 +109,15 @@ class AllowedSigners:
                 continue
             try:
                 entry = AllowedSigner.parse(line)
-                namespaces = (entry.options or {}).get("namespaces")
+                options = entry.options or {}
+                namespaces = options.get("namespaces")
                 if namespaces is not None and NAMESPACE not in namespaces.split(","):
+                    continue
+                if "cert-authority" in options:
+                    raise NotImplementedError("certificate authorities are not supported; "
+                                              "list the signer's own key")
+                # As ssh-keygen: a key outside its validity window signs nothing.
+                if not _valid_now(options.get("valid-after"), options.get("valid-before")):
                     continue
                 key = sshsig.PublicKey.from_openssh_str(f"{entry.key_type} {entry.base64_key}")
             except (ValueError, NotImplementedError) as error:

@@ -77,3 +77,16 @@ def test_no_daemon_runs_for_an_address_that_is_not_this_hosts(tmp_path: Path) ->
     daemons.ensure(is_master=True, own_ip="198.18.0.3")  # pinned in a config, not ours
     assert not (settings.run_dir / "gmond.pid").exists()
     daemons.stop()
+
+
+def test_without_ganglia_installed_nothing_breaks(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings.parse(f"repo = /x\nhome = {tmp_path}\n")
+    config = GangliaConfig("test", "127.0.0.1", gmond_port=free_port())
+    ganglia.apply(settings, config, own_ip="127.0.0.1", hostname="pi-test", is_master=True)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no gmond, no gmetad
+    daemons = ganglia.Daemons(settings)
+    daemons.ensure(is_master=True, own_ip="127.0.0.1")
+    daemons.ensure(is_master=True, own_ip="127.0.0.1")
+    daemons.stop()
+    daemons.ensure(is_master=True, own_ip="127.0.0.1")  # stopped: nothing starts again

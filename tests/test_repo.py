@@ -1,5 +1,6 @@
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_a_broken_clone_is_moved_aside_and_recloned(cluster: Cluster) -> None:
     (repo.clone_dir / "HEAD").write_text("garbage\n")
     fresh = ClusterRepo(str(cluster.bare), repo.clone_dir, writer="a")
     assert fresh.sync().read("x") == "1\n"
-    assert list(repo.clone_dir.parent.glob("repo.broken-*"))
+    assert (repo.clone_dir.parent / "repo.broken").is_dir()
 
 
 def test_unreachable_remote_is_a_clear_error(tmp_path: Path) -> None:
@@ -133,3 +134,15 @@ def test_snapshot_tells_plain_files_from_symlinks(cluster: Cluster) -> None:
 def test_init_bare_refuses_a_repository_with_branches(cluster: Cluster) -> None:
     with pytest.raises(GitError, match="already has branches"):
         init_bare(cluster.bare, {"a": "b"}, "again")
+
+
+def test_a_push_the_remote_declines_fails_at_once(cluster: Cluster) -> None:
+    hook = cluster.bare / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'read-only cluster' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    repo = ClusterRepo(str(cluster.bare), cluster.root / "a" / "repo", writer="a",
+                       deadline=60)
+    started = time.monotonic()
+    with pytest.raises(GitError, match="cannot push"):
+        repo.transact(lambda _: [Put("x", "1\n")], "declined")
+    assert time.monotonic() - started < 10  # not retried until the deadline

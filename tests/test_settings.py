@@ -42,6 +42,8 @@ def test_seed_style_config_is_accepted() -> None:
     ("repo = /x\npol_interval = 3\n", 2, "pol_interval", "did you mean 'poll_interval'"),
     ("repo = /x\nmaster = maybe\n", 2, "master", "use true or false"),
     ("repo = /x\npoll_interval = soon\n", 2, "poll_interval", "not a duration"),
+    ("repo = /x\npoll_interval = nan\n", 2, "poll_interval", "not a duration"),
+    ("repo = /x\nping_interval = 1e999\n", 2, "ping_interval", "not a duration"),
     ("repo = /x\nmac = 12:34\n", 2, "mac", "not a MAC"),
     ("repo = /x\nip = 300.1.1.1\n", 2, "ip", "not an IPv4"),
     ("repo = /x\nrepo = /y\n", 2, "repo", "set twice"),

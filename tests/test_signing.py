@@ -62,3 +62,15 @@ def test_signer_line_checks_its_input(alice: Path) -> None:
         signer_line(alice.with_suffix(".pub").read_text(), "two words")
     with pytest.raises(SignatureError, match="does not exist"):
         sign([b"x"], alice.with_name("missing"))
+
+
+def test_a_key_outside_its_validity_window_signs_nothing(alice: Path) -> None:
+    (signature,) = sign([b"x"], alice)
+    key = " ".join(alice.with_suffix(".pub").read_text().split()[:2])
+    expired = signers(f'alice namespaces="picluster-task",valid-before="20000101" {key}')
+    with pytest.raises(SignatureError, match="no trusted task signers"):
+        expired.verify(b"x", signature, "alice")
+    current = signers(f'alice namespaces="picluster-task",valid-after="20000101Z" {key}')
+    current.verify(b"x", signature, "alice")
+    authority = signers(f'alice cert-authority,namespaces="picluster-task" {key}')
+    assert authority.entries == () and "not supported" in authority.problems[0]
