@@ -25,6 +25,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -98,6 +99,7 @@ REQUIRED = {
     "ip": "iproute2",
     "nsenter": "util-linux",
     "unshare": "util-linux",
+    "mount": "mount",
     "sshd": "openssh-server",
     "ssh-keygen": "openssh-client",
     "git": "git",
@@ -118,6 +120,11 @@ _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 # with a 17-character temporary suffix first: all within a unix socket's 107 bytes.
 _CONTROL_PATH_EXTRA = len("/cm-") + 40 + 17
 _SOCKET_PATH_MAX = 107
+# Git, Ansible and mpirun log in to lab hosts as root, and bash then reads root's startup
+# files: this machine's, not a Pi's.  Each host sees them empty, so nothing they do
+# reaches the lab (pyenv's rehash, say, takes a lock that a node killed mid-login leaves
+# behind, and every later login waits a minute for it).
+_ROOT_STARTUP_FILES = (".bashrc", ".bash_profile", ".bash_login", ".profile")
 
 Report = Callable[[str, int, int], None]
 """Progress callback: (what is happening, how many done, out of how many; 0: unknown)."""
@@ -596,10 +603,14 @@ class Lab:
     def _power_on(self, host: Host) -> None:
         """Plug the host's cable in and start its holder: the host is up, running nothing."""
         _run("ip", "-n", self.bridge_ns, "link", "set", host.port, "up")
-        # `sleep` runs only once the hostname is set.
+        # `sleep` runs only once the hostname is set and root's startup files are hidden,
+        # in the mount namespace of the host's own that `ip netns exec` made.
+        home = Path(pwd.getpwuid(0).pw_dir)
+        hidden = [str(home / name) for name in _ROOT_STARTUP_FILES if (home / name).is_file()]
         self._spawn(host, "holder", [
-            "ip", "netns", "exec", host.netns, "unshare", "--uts",
-            "sh", "-c", 'hostname "$1" && exec sleep infinity', "holder", host.name],
+            "ip", "netns", "exec", host.netns, "unshare", "--uts", "sh", "-c",
+            'hostname "$1" && shift && for rc do mount --bind /dev/null "$rc" || exit 1; done'
+            " && exec sleep infinity", "holder", host.name, *hidden],
             ready=lambda pid: _comm(pid) == "sleep")
 
     def _start_sshd(self, host: Host, authorized_keys: Path) -> None:

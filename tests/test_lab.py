@@ -217,6 +217,16 @@ def test_exec_runs_a_command_as_the_node(lab):
 
 
 @pytest.mark.lab
+def test_logins_on_a_lab_host_read_none_of_this_machine_s_root_startup_files(lab):
+    # ssh logins (git, Ansible, mpirun) run root's shell; this machine's ~/.bashrc must
+    # not run on a virtual Pi (pyenv's, for one, stalls every login after a killed one).
+    script = 'for f in ~/.bashrc ~/.bash_profile ~/.bash_login ~/.profile; do ' \
+             '[ -f "$f" ] && wc -c < "$f"; done; true'
+    sizes = run_lab_cli(lab, "exec", "pi-2", "--", "sh", "-c", script).stdout.split()
+    assert set(sizes) <= {"0"}
+
+
+@pytest.mark.lab
 def test_a_killed_worker_comes_back_registered_with_its_mac(lab, tmp_path):
     nodes = lab.status()
     master = next(node for node in nodes if node.role == "master")
