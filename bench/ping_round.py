@@ -83,6 +83,7 @@ def main() -> None:
                             "master_cpu_s_median": round(statistics.median(cpus), 3),
                             "first_round_wall_s": round(data["first"]["wall_s"], 3)})
         finally:
+            (Path(lab.dir) / "ping_round.py").unlink(missing_ok=True)
             lab.down()
     emit({"benchmark": "ping_round", "rounds": args.rounds, "results": results})
 
