@@ -184,7 +184,10 @@ def enqueue_command(
         else:
             out.print(job.id)
         return
-    outcome = wait_for(repo, [job], wait).get(job.id)
+    try:
+        outcome = wait_for(repo, [job], wait).get(job.id)
+    except GitError as error:
+        fail(f"task {job.id} is queued, but waiting for its outcome failed: {error}")
     if outcome is None:
         fail(f"no outcome for task {job.id} within {wait:g} s; it stays queued", EXIT_TIMEOUT)
     print_json(json.loads(outcome.to_json()))
@@ -386,4 +389,10 @@ def main() -> None:
     from picluster import lab_cli
 
     app.add_typer(lab_cli.app, name="lab")
-    app(prog_name="picluster")
+    try:
+        app(prog_name="picluster")
+    except OSError as error:
+        # A file or directory a command needs (a home it cannot create, a key it cannot
+        # read): one line naming it, not a traceback.
+        print(f"picluster: {error}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)

@@ -3,6 +3,7 @@
 import datetime as dt
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from helpers import Cluster, ip_of, mac_of, wait_until
@@ -59,8 +60,15 @@ def script_pings(monkeypatch: pytest.MonkeyPatch, rounds: list[set[str]]) -> lis
 
 @pytest.fixture(autouse=True)
 def pretend_the_master_ip_is_ours(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The master pings only from an address of its own; here nothing is sent at all.
+    # The master pings only from an address of its own; here nothing is sent at all: a
+    # test that pings without scripting the answers (script_pings) fails, sending nothing.
     monkeypatch.setattr(master_module, "is_local", lambda ip: True)
+
+    def unscripted(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a unit test pinged for real; script the answers first")
+
+    monkeypatch.setattr(ansible, "ping", unscripted)
+    monkeypatch.setattr(ansible, "answering", unscripted)
 
 
 def members(master: Master) -> set[str]:

@@ -78,3 +78,12 @@ def test_registration_ops_carry_facts() -> None:
     ops = registration_ops(NodeIdentity(mac_of(1), ip_of(1)), {"cores": 4})
     assert [op.path for op in ops] == ["ip/b827eb000001", "local-vars/nodes/b827eb000001.yml",
                                        "master"]
+
+
+def test_a_home_that_cannot_be_created_is_one_line_naming_it(cluster: Cluster) -> None:
+    blocker = cluster.root / "not-a-dir"
+    blocker.write_text("a file where the home's parent should be\n")
+    done = run_cli("register", config=cluster.node_config(1, home=blocker / "home"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("picluster: ") and str(blocker) in done.stderr
+    assert "Traceback" not in done.stderr
