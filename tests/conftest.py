@@ -24,6 +24,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         made.stop_agents()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Lab tests last: the session's lab keeps polling, pinging and running Ansible until
+    the session ends, and would slow every test that comes after its first use."""
+    items.sort(key=lambda item: item.get_closest_marker("lab") is not None)
+
+
 # -- lab fixtures (owner: picluster/lab.py) ------------------------------------------------
 # Labs are built on first use only, so `pytest -m "not lab"` never touches a namespace.
 # Their directories are short ones under /tmp, not tmp_path: ssh's control sockets live in
