@@ -33,7 +33,7 @@ from picluster.identity import NodeIdentity, facts, identify
 from picluster.master import Master
 from picluster.queue import scan
 from picluster.registry import register
-from picluster.repo import ClusterRepo, GitError, Op, Put, Remove, decode_ops, encode_ops
+from picluster.repo import ClusterRepo, GitError, Op, Put, Remove, Snapshot, decode_ops, encode_ops
 from picluster.settings import Settings
 from picluster.tasks import Catalogue, Outcome, Task, TaskContext, catalogue, now_iso, parse_time
 
@@ -207,9 +207,7 @@ class Agent:
     def _enqueue_new(self) -> int:
         snapshot = self.repo.snapshot()
         storage = self.huey.storage
-        known = {name.removesuffix(".json")
-                 for name in snapshot.listdir(layout.queue_dir(self.node.mac), files=True)
-                 if storage.has_data_for_key(_SEEN + name.removesuffix(".json"))}
+        known = set(self._seen(snapshot))
         count = 0
         for pending in scan(snapshot, self.node.mac, self.catalogue, known):
             if pending.rejection is not None:
@@ -230,15 +228,20 @@ class Agent:
     def _recover(self) -> None:
         """After a crash, tasks that were running are neither queued nor done: forget that
         they were seen, so the first poll queues them again."""
-        self.repo.sync()
+        snapshot = self.repo.sync()
         queued = {t.id for t in self.huey.pending()} | {t.id for t in self.huey.scheduled()}
         storage = self.huey.storage
-        for name in self.repo.snapshot().listdir(layout.queue_dir(self.node.mac), files=True):
-            task_id = name.removesuffix(".json")
-            if (task_id not in queued and storage.has_data_for_key(_SEEN + task_id)
-                    and not storage.has_data_for_key(_OUTCOME + task_id)):
+        for task_id in self._seen(snapshot):
+            if task_id not in queued and not storage.has_data_for_key(_OUTCOME + task_id):
                 log.info("task %s was interrupted; it runs again", task_id)
                 storage.pop_data(_SEEN + task_id)
+
+    def _seen(self, snapshot: Snapshot) -> list[str]:
+        """The ids of the files in this node's queue that were moved into huey already."""
+        storage = self.huey.storage
+        ids = (name.removesuffix(".json")
+               for name in snapshot.listdir(layout.queue_dir(self.node.mac), files=True))
+        return [task_id for task_id in ids if storage.has_data_for_key(_SEEN + task_id)]
 
     # -- running a task (consumer threads: no git here) --------------------------------
 

@@ -117,12 +117,13 @@ def _run(settings: Settings, known_hosts: Path, kind: str, **kwargs: Any) -> Ans
         rotate_artifacts=_KEEP_ARTIFACTS, quiet=True, suppress_env_files=True, **kwargs)
     hosts: dict[str, HostResult] = {}
     for event in runner.events:
-        host, status = event.get("event_data", {}).get("host"), _host_status(event)
+        data = event.get("event_data", {})
+        host, status = data.get("host"), _host_status(event)
         if not host or status is None:
             continue
         # A host's result is the worst of its tasks'.
         if _RANK[status] >= _RANK[hosts[host].status if host in hosts else "skipped"]:
-            result = event["event_data"].get("res")
+            result = data.get("res")
             message = ""
             if status in ("failed", "unreachable") and isinstance(result, dict):
                 message = str(result.get("msg") or result.get("stderr") or "").strip()

@@ -16,11 +16,11 @@ from rich.text import Text
 from picluster import __version__, layout
 from picluster.boot import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.identity import IdentityError, facts, identify, writer_name
-from picluster.queue import enqueue, make_task, wait_for
+from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
 from picluster.registry import read_cluster_vars, read_membership, register
-from picluster.repo import ClusterRepo, GitError, init_bare
+from picluster.repo import ClusterRepo, GitError, Put, Snapshot, init_bare
 from picluster.settings import ConfigError, Settings
-from picluster.signing import AllowedSigners, SignatureError, signer_line
+from picluster.signing import SignatureError, signer_line
 
 __all__ = ["app", "main"]
 
@@ -208,9 +208,7 @@ def trust_command(
     except SignatureError as error:
         fail(f"{pubkey}: {error}", EXIT_USAGE)
 
-    def add(snapshot: Any) -> list[Any]:
-        from picluster.repo import Put
-
+    def add(snapshot: Snapshot) -> list[Put]:
         current = snapshot.read(layout.ALLOWED_SIGNERS) or ""
         if line in current.splitlines():
             return []
@@ -234,13 +232,11 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     membership = read_membership(snapshot)
     nodes = [{"mac": m.mac, "ip": m.ip, "hostname": m.hostname,
               "role": "master" if m.mac == membership.master else "node", "cores": m.cores,
-              "pending": len([n for n in snapshot.listdir(layout.queue_dir(m.mac), files=True)
-                              if n.endswith(".json")])}
+              "pending": len(pending_tasks(snapshot, m.mac))}
              for m in membership.members]
     # Everything in the repository that a person should fix, each with its fix.
     problems = [*membership.problems, *read_cluster_vars(snapshot).problems,
-                *AllowedSigners.parse(snapshot.read(layout.ALLOWED_SIGNERS) or "",
-                                      layout.ALLOWED_SIGNERS).problems]
+                *read_signers(snapshot).problems]
     if as_json:
         print_json({"master": membership.master, "nodes": nodes, "problems": problems})
         return

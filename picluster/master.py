@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from picluster import ansible, ganglia, layout
+from picluster import ansible, ganglia
 from picluster.files import install_file
 from picluster.identity import NodeIdentity, is_local
-from picluster.queue import enqueue, make_task
+from picluster.queue import enqueue, make_task, pending_tasks
 from picluster.registry import (
     ClusterVars,
     Member,
@@ -38,10 +38,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PingReport:
-    """One ping round: who answered, who did not, who was pruned."""
+    """One ping round: who did not answer, who was pruned."""
 
-    seconds: float = 0.0
-    ok: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # ip -> why
     pruned: list[str] = field(default_factory=list)  # macs
 
@@ -135,9 +133,9 @@ class Master:
             m for m in membership.members if m.mac not in leaving))
 
     def _committed_views(self, tip: Snapshot) -> list[Put]:
+        # transact() leaves out what is unchanged: no commit when the tip has these views.
         views = render_views(self._membership(tip), read_cluster_vars(tip).ssh_user)
-        return [Put(path, text) for path, text in views.files().items()
-                if tip.read(path) != text]
+        return [Put(path, text) for path, text in views.files().items()]
 
     def _configure_workers(self, snapshot: Snapshot, membership: Membership,
                            config: GangliaConfig) -> None:
@@ -152,7 +150,7 @@ class Master:
                 self._sent.pop(member.mac, None)
                 continue
             digest, when = self._sent.get(member.mac, ("", 0.0))
-            if digest == want and (self._pending(snapshot, member.mac)
+            if digest == want and (pending_tasks(snapshot, member.mac)
                                    or time.monotonic() - when < 10 * self.settings.poll_interval):
                 continue
             tasks.append(make_task(member.mac, "ganglia", dict(vars(wanted)), self._signer))
@@ -171,12 +169,6 @@ class Master:
         # Without a signing key of its own the master signs with the cluster key, trusted
         # as "cluster" (picluster trust cluster_key.pub --name cluster).
         return self.settings.signer if self.settings.signing_key else "cluster"
-
-    @staticmethod
-    def _pending(snapshot: Snapshot, mac: str) -> bool:
-        """A task is still waiting in the node's queue (not yet consumed)."""
-        return any(name.endswith(".json")
-                   for name in snapshot.listdir(layout.queue_dir(mac), files=True))
 
     # -- ping and prune ------------------------------------------------------------------
 
@@ -212,7 +204,6 @@ class Master:
         """Knock on every worker's ssh port; a worker that does not answer within
         `ping_timeout` misses this ping.  Dead nodes are found here, on the ping schedule,
         however long Ansible takes with the live ones."""
-        started = time.monotonic()
         if self._offline():
             return PingReport()
         workers, _ = self._workers()
@@ -223,13 +214,11 @@ class Master:
             "" if ip in self._answering else
             f"ssh port 22 did not answer within {self.settings.ping_timeout:g} s")
             for ip in workers}, workers)
-        report.seconds = time.monotonic() - started
         return report
 
     def ping(self) -> PingReport:
         """`ansible -m ping` every worker that answers on its ssh port: it proves ssh (with
         the host key it registered) and Python work, not only that the port is open."""
-        started = time.monotonic()
         if self._offline():
             return PingReport()
         workers, cluster = self._workers()
@@ -241,7 +230,6 @@ class Master:
                                cluster.ssh_user, self.settings.cluster_known_hosts)
             self._judge("ping", report, {ip: run.hosts.get(ip) or ansible.HostResult(
                 ip, "unreachable", "no answer from ansible") for ip in targets}, workers)
-        report.seconds = time.monotonic() - started
         return report
 
     def _judge(self, kind: str, report: PingReport, results: dict[str, ansible.HostResult],
@@ -255,17 +243,17 @@ class Master:
             key = (kind, member.mac)
             with self._counting:
                 if result.status == "ok":
-                    report.ok.append(ip)
                     if self._misses.pop(key, 0):
                         log.info("node %s (%s) answers again", member.mac, ip)
                     continue
                 misses = self._misses[key] = self._misses.get(key, 0) + 1
             why = result.message or result.status
             report.failed[ip] = why
+            last = why.strip().splitlines()[-1] if why.strip() else "unreachable"
             log.warning("node %s (%s) missed ping %d of %d: %s", member.mac, ip, misses,
-                        self.settings.prune_after, why.splitlines()[-1])
+                        self.settings.prune_after, last)
             if misses >= self.settings.prune_after:
-                due.append((member, misses, why))
+                due.append((member, misses, last))
         if not due:
             return
         # The views drop the nodes at once, before their prune reaches git.
@@ -278,16 +266,16 @@ class Master:
             except Exception:
                 log.exception("could not drop %s from the local views; pruning anyway",
                               ", ".join(sorted(macs)))
-            report.pruned += [member.mac for member, misses, why in due
-                              if self._prune(member.mac, member.ip, misses, why)]
+            report.pruned += [member.mac for member, misses, last in due
+                              if self._prune(member.mac, member.ip, misses, last)]
         finally:
             # From here the repository says who is in (a pruned node may register again).
             with self._counting:
                 self._leaving -= macs
         self.render()
 
-    def _prune(self, mac: str, ip: str, misses: int, why: str) -> bool:
-        last = why.strip().splitlines()[-1] if why.strip() else "unreachable"
+    def _prune(self, mac: str, ip: str, misses: int, last: str) -> bool:
+        """Remove the node from ip/ (`last`: the last line of why it missed its ping)."""
         try:
             result = self.repo.transact(
                 lambda _: unregister_ops(mac, ip),

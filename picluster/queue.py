@@ -19,7 +19,8 @@ from picluster.repo import ClusterRepo, Create, Snapshot
 from picluster.signing import AllowedSigners, SignatureError, sign
 from picluster.tasks import Catalogue, Outcome, Task, TaskError, new_task_id, now_iso, parse_time
 
-__all__ = ["Pending", "enqueue", "make_task", "outcome_of", "scan", "wait_for"]
+__all__ = ["Pending", "enqueue", "make_task", "outcome_of", "pending_tasks", "read_signers",
+           "scan", "wait_for"]
 
 _MAX_ORIGINAL = 65536
 
@@ -80,14 +81,25 @@ class Pending:
     rejection: Outcome | None = None
 
 
+def pending_tasks(snapshot: Snapshot, mac: str) -> list[str]:
+    """The names of the task files waiting in ``queue/<mac>/``."""
+    return [name for name in snapshot.listdir(layout.queue_dir(mac), files=True)
+            if name.endswith(".json")]
+
+
+def read_signers(snapshot: Snapshot) -> AllowedSigners:
+    """The keys trusted to sign tasks, with the problems of any line that is not one."""
+    return AllowedSigners.parse(snapshot.read(layout.ALLOWED_SIGNERS) or "",
+                                layout.ALLOWED_SIGNERS)
+
+
 def scan(snapshot: Snapshot, mac: str, catalogue: Catalogue,
          known: Container[str] = ()) -> list[Pending]:
     """Every pending file in ``queue/<mac>/`` but those `known` (by id), each validated:
     schema, address, name, signature, expiry, and that it has not already run.
     Directories in the queue (done/, rejected/, anything else) are never read."""
     folder = layout.queue_dir(mac)
-    signers = AllowedSigners.parse(snapshot.read(layout.ALLOWED_SIGNERS) or "",
-                                   layout.ALLOWED_SIGNERS)
+    signers = read_signers(snapshot)
     return [_check(snapshot, mac, f"{folder}/{name}", name, signers, catalogue)
             for name in snapshot.listdir(folder, files=True)
             if name != ".gitkeep" and name.removesuffix(".json") not in known]

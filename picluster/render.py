@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from picluster import layout
@@ -77,8 +77,7 @@ class GangliaConfig:
 
     def for_worker(self) -> GangliaConfig:
         """What a worker's config depends on: not the member list."""
-        return GangliaConfig(self.cluster, self.master_ip, self.gmond_port,
-                             self.gmetad_xml_port, self.metadata_interval, self.host_dmax)
+        return replace(self, members=())
 
 
 def _modules() -> str:

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path, PurePosixPath
 
 import git
@@ -212,9 +212,6 @@ class Snapshot:
         with self.mutex:
             return item.data_stream.read().decode("utf-8", errors="replace")
 
-    def exists(self, path: str) -> bool:
-        return self._item(path) is not None
-
     def is_regular_file(self, path: str) -> bool:
         """True for a plain file (not a symlink, submodule or directory)."""
         item = self._item(path)
@@ -223,9 +220,8 @@ class Snapshot:
     def listdir(self, path: str, *, files: bool = False) -> list[str]:
         """Names directly under directory `path` (only files, with `files`), sorted;
         [] when it does not exist."""
-        if not isinstance(self._item(path), git.Tree):
-            return []
-        with self.mutex:
+        _check_path(path)
+        with self.mutex:  # a file or a missing directory has no entries
             return sorted(name for name, entry in self._entries(path).items()
                           if not files or isinstance(entry, git.Blob))
 
@@ -560,13 +556,14 @@ class ClusterRepo:
                 intents: Sequence[_Intent], mine: str | None) -> str:
         """Commit the intents, then `ops`, on top of `tip`, with one fast-import (one pack,
         no working tree); return the new sha, or `tip` itself when nothing changed."""
-        base = self._snapshot(tip)
+        # Each path is read from git once, however many ops and intents touch it.
+        read = cache(self._snapshot(tip).read)
         tree: dict[str, str | None] = {}  # path -> content after the ops so far
 
         def apply(batch: Sequence[Op]) -> bool:
             touched = False
             for op in batch:
-                current = tree[op.path] if op.path in tree else base.read(op.path)
+                current = tree[op.path] if op.path in tree else read(op.path)
                 if op.applies_to(current):
                     tree[op.path] = None if isinstance(op, Remove) else op.content
                     touched = True
@@ -579,7 +576,7 @@ class ClusterRepo:
                 messages.append(carried_message)
         apply(ops)
         changes = {path: content for path, content in tree.items()
-                   if content != base.read(path)}
+                   if content != read(path)}
         if not changes:
             return tip
         subject = message or (messages.pop(0) if messages else "carry changes")

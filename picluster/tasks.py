@@ -37,7 +37,7 @@ __all__ = [
 _FIELDS = {"id": str, "node": str, "task": str, "args": dict, "created_at": str,
            "producer": str, "eta": (str, type(None)), "expires": (str, type(None)),
            "retries": int, "signature": str}
-_OPTIONAL = {"eta": None, "expires": None, "retries": 0}
+_OPTIONAL = {"eta", "expires", "retries"}  # may be absent: the dataclass defaults apply
 
 
 class TaskError(ValueError):
@@ -100,7 +100,6 @@ class Task:
         for name, kind in _FIELDS.items():
             if name not in data:
                 if name in _OPTIONAL:
-                    data[name] = _OPTIONAL[name]
                     continue
                 raise TaskError(f"{path}: field '{name}' is missing")
             if not isinstance(data[name], kind) or isinstance(data[name], bool):
