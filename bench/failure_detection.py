@@ -21,11 +21,8 @@ from common import emit, now
 from picluster.lab import Lab
 
 
-def in_hostfile(lab: Lab, ip: str) -> bool:
-    master = next(s for s in lab.status() if s.role == "master")
-    hostfile = lab.node(master.name).hostfile()
-    return hostfile.exists() and any(line.split()[:1] == [ip]
-                                     for line in hostfile.read_text().splitlines())
+def in_hostfile(lab: Lab, name: str) -> bool:
+    return next(s for s in lab.status() if s.name == name).in_hostfile
 
 
 def wait(condition: Callable[[], bool], timeout: float) -> float:
@@ -54,9 +51,9 @@ def main() -> None:
             victim = [n for n in lab.nodes if n.name != master.name][kill % (args.nodes - 1)]
             time.sleep(1.0 + kill * 0.37 % 2)  # vary the phase against the ping schedule
             lab.kill(victim.name)
-            removals.append(round(wait(lambda v=victim: not in_hostfile(lab, v.ip), 60), 2))
+            removals.append(round(wait(lambda v=victim: not in_hostfile(lab, v.name), 60), 2))
             lab.revive(victim.name)
-            wait(lambda v=victim: in_hostfile(lab, v.ip), 120)
+            wait(lambda v=victim: in_hostfile(lab, v.name), 120)
             time.sleep(settings.ping_interval * 2)  # let it settle before the next kill
         ratios = [round(r / bound, 2) for r in removals]
         emit({"benchmark": "failure_detection", "nodes": args.nodes,

@@ -54,6 +54,7 @@ __all__ = [
     "BootError",
     "Prepared",
     "boot",
+    "boot_config",
     "hosts_text",
     "install_keys",
     "install_service",
@@ -144,7 +145,8 @@ class Prepared:
     hooks: tuple[str, ...]  # "cloud-init", and "firstrun" on images without cloud-init
 
 
-def _boot_config(repo: str, *, master: bool, hostname: str | None) -> str:
+def boot_config(repo: str, *, master: bool, hostname: str | None) -> str:
+    """The picluster.conf prepare-boot writes, next to the cluster key (KEY_NAME)."""
     lines = ["# picluster boot config, written by `picluster prepare-boot`.",
              "# Keys and defaults: picluster/settings.py; paths are relative to this file.",
              f"repo = {repo}", f"ssh_key = {KEY_NAME}"]
@@ -249,7 +251,7 @@ def prepare_boot(boot_dir: Path, *, repo: str, key: Path, master: bool = False,
         private = key.read_bytes()
     except OSError as error:
         raise BootError(f"--key {key}: {error.strerror}") from None
-    text = _boot_config(repo, master=master, hostname=hostname)
+    text = boot_config(repo, master=master, hostname=hostname)
     try:
         Settings.parse(text, config)
     except ConfigError as error:

@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import picluster
+from picluster.boot import CONFIG_NAME, KEY_NAME, boot_config
+from picluster.files import install_file
 from picluster.layout import MASTER, format_mac, ip_path
 from picluster.repo import ClusterRepo, GitError, Snapshot
 from picluster.settings import Settings
 
 __all__ = [
-    "BOOT_COMMAND",
     "DEFAULT_DIR",
     "DIR_ENV",
     "FAST_TIMINGS",
@@ -76,8 +77,6 @@ __all__ = [
 
 DEFAULT_DIR = Path("/tmp/picluster-lab")
 DIR_ENV = "PICLUSTER_LAB_DIR"
-# How a node boots: `python -m picluster --config <boot conf> BOOT_COMMAND --foreground`.
-BOOT_COMMAND = "boot"
 GIT_MODES = ("ssh", "daemon")
 
 # 198.18.0.0/15 is reserved for benchmarking networks: lab traffic can never be mistaken
@@ -212,12 +211,12 @@ class Node(Host):
 
     @property
     def config(self) -> Path:
-        return self.boot_dir / "picluster.conf"
+        return self.boot_dir / CONFIG_NAME
 
     @property
     def ssh_key(self) -> Path:
         """The cluster's private key, as it sits on this node's boot partition."""
-        return self.boot_dir / "id_ed25519"
+        return self.boot_dir / KEY_NAME
 
     @property
     def home(self) -> Path:
@@ -229,10 +228,6 @@ class Node(Host):
 
     def settings(self) -> Settings:
         return Settings.load(self.config)
-
-    def hostfile(self) -> Path:
-        """The MPI hostfile this node renders while it is the master."""
-        return self.settings().hostfile
 
 
 def render_sshd_config(host: Host, authorized_keys: Path) -> str:
@@ -258,12 +253,8 @@ def render_sshd_config(host: Host, authorized_keys: Path) -> str:
 def render_node_config(node: Node, repo: str, *, master: bool, fast: bool) -> str:
     """The boot config (picluster.conf) of a lab node: what prepare-boot writes for a Pi,
     then the lab's settings (render_lab_settings); keys as in picluster.settings."""
-    values: dict[str, object] = {"repo": repo, "hostname": node.name, "ssh_key": node.ssh_key}
-    if master:
-        values["master"] = "true"
-    lines = [f"# boot config of lab node {node.name} (written by picluster lab up)"]
-    lines += [f"{key} = {value}" for key, value in values.items()]
-    return "\n".join(lines) + "\n" + render_lab_settings(node, fast=fast)
+    return boot_config(repo, master=master, hostname=node.name) + \
+        render_lab_settings(node, fast=fast)
 
 
 def render_lab_settings(node: Node, *, fast: bool) -> str:
@@ -653,7 +644,7 @@ class Lab:
         nodes have no systemd; --foreground makes sure `boot` never hands the node over to
         this machine's, should it run one."""
         self._spawn(node, "agent", [*self._enter(node, node.home), sys.executable, "-m",
-                                    "picluster", "--config", str(node.config), BOOT_COMMAND,
+                                    "picluster", "--config", str(node.config), "boot",
                                     "--foreground"])
 
     def _start_node(self, node: Node) -> None:
@@ -665,9 +656,7 @@ class Lab:
     def _prepare_node(self, node: Node, repo: str, *, master: bool, fast: bool) -> None:
         """Write the node's boot partition, and seed its known_hosts with the git server's
         key, so the node's git over ssh checks the server strictly from the first fetch."""
-        node.boot_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.cluster_key, node.ssh_key)
-        node.ssh_key.chmod(0o600)
+        install_file(node.ssh_key, self.cluster_key.read_bytes(), mode=0o600)
         node.config.write_text(render_node_config(node, repo, master=master, fast=fast))
         self._trust_git_host(node)
 
@@ -801,14 +790,13 @@ class Lab:
                    len(state.registered), len(nodes))
             if state.converged:
                 return state
-            stopped = [node for node in nodes
-                       if node.name in state.missing and self._running(node, "agent") is None]
+            missing = [node for node in nodes if node.name in state.missing]
+            stopped = [node for node in missing if self._running(node, "agent") is None]
             if stopped:
                 raise LabError("not converged: the agent of " + ", ".join(
                     f"{node.name} stopped; the end of {node.agent_log}:\n"
                     f"{_tail(node.agent_log)}" for node in stopped))
             if time.monotonic() >= deadline:
-                missing = [node for node in nodes if node.name in state.missing]
                 problems = [f"{', '.join(n.name for n in missing)} did not register"] \
                     if missing else []
                 if state.master is None:
@@ -832,7 +820,7 @@ class Lab:
         hosts: set[str] = set()
         if master is not None:
             with contextlib.suppress(FileNotFoundError):  # not rendered yet
-                hosts = parse_hostfile(master.hostfile().read_text())
+                hosts = parse_hostfile(master.settings().hostfile.read_text())
         return [NodeStatus(
             name=node.name, mac=node.mac, ip=node.ip,
             role="master" if node is master else "node",
@@ -883,7 +871,7 @@ class Lab:
         if master is None:
             raise LabError("the cluster has no master yet; see `picluster lab status`")
         settings = master.settings()
-        hostfile = master.hostfile()
+        hostfile = settings.hostfile
         if not hostfile.exists():
             raise LabError(f"the master {master.name} has not rendered its MPI hostfile "
                            f"({hostfile}) yet; see {master.agent_log}")

@@ -25,6 +25,7 @@ from rich.table import Table
 from picluster.lab import (
     DEFAULT_DIR,
     DIR_ENV,
+    FAST_TIMINGS,
     GIT_MODES,
     MAX_NODES,
     Lab,
@@ -72,7 +73,9 @@ def up(
     master_index: Annotated[int | None, typer.Option(
         help="Designate node K as master (default: the first to register wins).")] = None,
     fast: Annotated[bool, typer.Option(
-        help="Timings in seconds (poll 1 s, grace 3 s, ping 2 s), for tests and demos.")]
+        help=f"Timings in seconds (poll {FAST_TIMINGS['poll_interval']:g} s, grace "
+             f"{FAST_TIMINGS['master_grace']:g} s, ping {FAST_TIMINGS['ping_interval']:g} s), "
+             "for tests and demos.")]
     = False,
     git: Annotated[GitMode, typer.Option(  # type: ignore[valid-type]
         help="Serve the cluster repository over ssh, or with git daemon.")] = _DEFAULT_GIT,
