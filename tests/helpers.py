@@ -10,16 +10,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from picluster import layout
 from picluster.repo import ClusterRepo, Snapshot, init_bare
 from picluster.settings import Settings
 from picluster.signing import signer_line
 
+if TYPE_CHECKING:
+    from picluster.lab import Lab, NodeStatus
 
-def keypair(path: Path, comment: str = "test") -> Path:
+
+def keypair(path: Path, comment: str = "test", passphrase: str = "") -> Path:
     """An ed25519 keypair at `path` (private) and `path`.pub."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", comment,
                     "-f", str(path)], check=True)
     return path
 
@@ -73,10 +77,13 @@ class Cluster:
     def snapshot(self) -> Snapshot:
         return self.operator_repo().sync()
 
-    def start_agent(self, config: Path) -> subprocess.Popen[bytes]:
+    def start_agent(self, config: Path, *command: str) -> subprocess.Popen[bytes]:
+        """Run `picluster --config config <command>` (default: agent), logging to the
+        config's path with the suffix .log; stop_agents stops it."""
         log = config.with_suffix(".log").open("ab")
         agent = subprocess.Popen([sys.executable, "-m", "picluster", "--config", str(config),
-                                  "agent"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                                  *(command or ("agent",))], stdout=log, stderr=log,
+                                 stdin=subprocess.DEVNULL)
         self.agents.append(agent)
         return agent
 
@@ -100,6 +107,16 @@ def make_cluster(root: Path) -> Cluster:
                                                  "operator") + "\n"
     init_bare(root / "cluster.git", files, "init")
     return Cluster(root, root / "cluster.git", key)
+
+
+def master_of(lab: Lab) -> NodeStatus:
+    """The status of the lab's master, from one lab.status()."""
+    return next(n for n in lab.status() if n.role == "master")
+
+
+def status_of(lab: Lab, name: str) -> NodeStatus:
+    """The status of the lab's node `name`, from one lab.status()."""
+    return {n.name: n for n in lab.status()}[name]
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str,

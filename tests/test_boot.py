@@ -13,12 +13,11 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import Cluster, ip_of, keypair, mac_of, run_cli, wait_until
+from helpers import Cluster, ip_of, keypair, mac_of, run_cli, status_of, wait_until
 
 from picluster import boot as boot_module
 from picluster import layout
@@ -236,8 +235,7 @@ def test_an_existing_config_is_kept_without_force(card: Path, cluster_key: Path)
 def test_bad_keys_and_values_are_refused_before_anything_is_written(card: Path,
                                                                     tmp_path: Path) -> None:
     locked = tmp_path / "locked"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(locked)],
-                   check=True)
+    keypair(locked, passphrase="secret")
     not_a_key = tmp_path / "notes.txt"
     not_a_key.write_text("hello\n")
     before = contents(card)
@@ -465,16 +463,13 @@ def test_a_prepared_card_boots_into_a_running_agent(card: Path, cluster: Cluster
     assert prepare(card, cluster.operator_key, "--hostname", socket.gethostname(),
                    repo=str(cluster.bare)).returncode == 0
     config = node_settings(card / "picluster.conf", tmp_path)
-    log = (tmp_path / "boot.log").open("wb")
-    agent = subprocess.Popen([sys.executable, "-m", "picluster", "--config", str(config),
-                              "boot", "--foreground"], stdout=log, stderr=log,
-                             stdin=subprocess.DEVNULL)
+    agent = cluster.start_agent(config, "boot", "--foreground")
     try:
         wait_until(lambda: cluster.snapshot().read(layout.ip_path(mac_of(1))), 60,
                    "the node to register")
         done = run_cli("enqueue", mac_of(1), "echo", "--arg", "msg=booted", "--wait", "30",
                        config=cluster.operator_config())
-        assert done.returncode == 0, (done.stderr, (tmp_path / "boot.log").read_text())
+        assert done.returncode == 0, (done.stderr, config.with_suffix(".log").read_text())
         assert '"msg": "booted"' in done.stdout
     finally:
         agent.send_signal(signal.SIGINT)
@@ -501,14 +496,14 @@ def test_a_card_from_prepare_boot_joins_a_running_lab(fresh_lab: Lab, tmp_path: 
 
     node = fresh_lab.add_node(card, timeout=60)
     assert node.name == "pi-3"
-    status = {n.name: n for n in fresh_lab.status()}
-    assert status["pi-3"].registered and status["pi-3"].agent
+    status = status_of(fresh_lab, "pi-3")
+    assert status.registered and status.agent
     settings = node.settings()
     assert public_of(fresh_lab.cluster_key) in settings.authorized_keys.read_text()
     assert (settings.user_ssh_dir / "id_ed25519").exists()  # type: ignore[operator]
 
     # The master reaches the new node through the key boot installed: MPI runs there.
-    wait_until(lambda: {n.name: n for n in fresh_lab.status()}["pi-3"].in_hostfile, 60,
+    wait_until(lambda: status_of(fresh_lab, "pi-3").in_hostfile, 60,
                "the master to put pi-3 in its hostfile")
     ranks = fresh_lab.mpirun(["-np", "3", "--map-by", "node", "hostname"],
                              capture_output=True, text=True, timeout=60)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, status_of
 from typer.testing import CliRunner
 
 from picluster import lab as lab_module
@@ -165,9 +165,7 @@ def test_up_refuses_a_directory_too_long_for_ssh_sockets(monkeypatch, tmp_path):
 
 def run_lab_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
     command, rest = args[0], args[1:]
-    return subprocess.run([sys.executable, "-m", "picluster.lab_cli", command, "--dir",
-                           str(lab.dir), *rest], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return run_cli("lab", command, "--dir", str(lab.dir), *rest)
 
 
 def lab_namespaces(lab: Lab) -> list[str]:
@@ -233,7 +231,7 @@ def test_a_killed_worker_comes_back_registered_with_its_mac(lab, tmp_path):
     worker = next(node for node in reversed(nodes) if node.role == "node")
 
     lab.kill(worker.name)
-    assert next(n for n in lab.status() if n.name == worker.name).state == "down"
+    assert status_of(lab, worker.name).state == "down"
     assert subprocess.run(["ip", "netns", "pids", lab.node(worker.name).netns],
                           capture_output=True, text=True, check=True).stdout == ""
     # Unplugged: the master cannot reach the worker's sshd any more.
@@ -246,7 +244,7 @@ def test_a_killed_worker_comes_back_registered_with_its_mac(lab, tmp_path):
 
     lab.revive(worker.name)
     lab.converge(timeout=60)
-    back = next(n for n in lab.status() if n.name == worker.name)
+    back = status_of(lab, worker.name)
     assert back.registered and back.state == "up" and back.agent and back.mac == worker.mac
     inside = lab.exec(worker.name, ["cat", "/sys/class/net/eth0/address"],
                       capture_output=True, text=True).stdout.strip()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from helpers import run_cli, wait_until
+from helpers import master_of, run_cli, wait_until
 
 from picluster.apply import PlaybookError, apply, playbook_dir, resolve, shipped
 from picluster.lab import Lab, Node
@@ -176,7 +176,7 @@ def test_apply_waits_for_no_one_while_another_playbook_runs(node_config):
 def master(lab: Lab) -> Node:
     """The lab's master, once its agent rendered an inventory and known_hosts that hold
     every node."""
-    name = next(node.name for node in lab.status() if node.role == "master")
+    name = master_of(lab).name
     node = lab.node(name)
     settings = node.settings()
 

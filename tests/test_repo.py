@@ -2,6 +2,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import Cluster
@@ -9,8 +10,9 @@ from helpers import Cluster
 from picluster.repo import ClusterRepo, Create, GitError, Put, Remove, Snapshot, init_bare
 
 
-def clone(cluster: Cluster, name: str) -> ClusterRepo:
-    return ClusterRepo(str(cluster.bare), cluster.root / name / "repo", writer=name)
+def clone(cluster: Cluster, name: str, **options: Any) -> ClusterRepo:
+    """Writer `name`'s clone under cluster.root/name; `options` go to ClusterRepo."""
+    return ClusterRepo(str(cluster.bare), cluster.root / name / "repo", writer=name, **options)
 
 
 def git(bare: Path, *args: str) -> str:
@@ -98,7 +100,7 @@ def test_a_broken_clone_is_moved_aside_and_recloned(cluster: Cluster) -> None:
     repo = clone(cluster, "a")
     repo.transact([Put("x", "1\n")], "x")
     (repo.clone_dir / "HEAD").write_text("garbage\n")
-    fresh = ClusterRepo(str(cluster.bare), repo.clone_dir, writer="a")
+    fresh = clone(cluster, "a")
     assert fresh.sync().read("x") == "1\n"
     assert (repo.clone_dir.parent / "repo.broken").is_dir()
 
@@ -140,8 +142,7 @@ def test_a_push_the_remote_declines_fails_at_once(cluster: Cluster) -> None:
     hook = cluster.bare / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\necho 'read-only cluster' >&2\nexit 1\n")
     hook.chmod(0o755)
-    repo = ClusterRepo(str(cluster.bare), cluster.root / "a" / "repo", writer="a",
-                       deadline=60)
+    repo = clone(cluster, "a", deadline=60)
     started = time.monotonic()
     with pytest.raises(GitError, match="cannot push"):
         repo.transact(lambda _: [Put("x", "1\n")], "declined")
