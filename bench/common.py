@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from picluster import layout
-from picluster.repo import init_bare
+from picluster.gitstore import init_bare
 from picluster.signing import signer_line
 
 

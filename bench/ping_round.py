@@ -27,8 +27,8 @@ import json, resource, sys, time
 from picluster import ansible
 from picluster.registry import read_cluster_vars, read_membership
 from picluster.files import install_file
-from picluster.render import render_views
-from picluster.repo import ClusterRepo
+from picluster.master.views import render_views
+from picluster.gitstore import ClusterRepo
 from picluster.settings import Settings
 
 settings = Settings.load(sys.argv[1])

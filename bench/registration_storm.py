@@ -17,9 +17,9 @@ from pathlib import Path
 
 from common import cluster_repo, emit, now, scratch
 
+from picluster.gitstore import ClusterRepo, Put
 from picluster.identity import NodeIdentity
 from picluster.registry import read_membership, register
-from picluster.repo import ClusterRepo, Put
 
 
 def node(bare: Path, root: Path, number: int, barrier: mp.Barrier, out: mp.Queue) -> None:

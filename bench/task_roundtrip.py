@@ -20,8 +20,8 @@ from pathlib import Path
 
 from common import cluster_repo, emit, now, percentile, scratch, write_config
 
+from picluster.gitstore import ClusterRepo
 from picluster.queue import enqueue, make_task, outcome_of, wait_for
-from picluster.repo import ClusterRepo
 
 NODE = "b827eb000001"
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
+from picluster.gitstore import ClusterRepo, Create, GitError, Put, Remove, Snapshot
 from picluster.queue import enqueue, make_task, wait_for
 from picluster.registry import read_membership, register
-from picluster.repo import ClusterRepo, Create, GitError, Put, Remove, Snapshot
 from picluster.settings import ConfigError, Settings
 from picluster.tasks import Outcome, Task, catalogue
+from picluster.version import __version__
 
 __all__ = [
     "Agent",
@@ -41,7 +40,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Agent":
-        from picluster.agent import Agent
+        from picluster.node import Agent
 
         return Agent
     if name == "Lab":

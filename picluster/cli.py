@@ -13,14 +13,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from picluster import __version__, layout
-from picluster.boot import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
+from picluster import layout
+from picluster.gitstore import ClusterRepo, GitError, Put, Snapshot, init_bare
 from picluster.identity import IdentityError, facts, identify, writer_name
+from picluster.provision.boot import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
 from picluster.registry import read_cluster_vars, read_membership, register
-from picluster.repo import ClusterRepo, GitError, Put, Snapshot, init_bare
 from picluster.settings import ConfigError, Settings
 from picluster.signing import SignatureError, signer_line
+from picluster.version import __version__
 
 __all__ = ["app", "main"]
 
@@ -308,7 +309,7 @@ def agent_command(ctx: typer.Context) -> None:
 
     SIGINT stops gracefully (running tasks finish, outcomes are pushed); SIGTERM at once.
     """
-    from picluster.agent import Agent
+    from picluster.node import Agent
 
     conf = settings(ctx)
     try:
@@ -382,7 +383,7 @@ def boot_command(
 
 
 def main() -> None:
-    from picluster import lab_cli
+    from picluster.lab import cli as lab_cli
 
     app.add_typer(lab_cli.app, name="lab")
     try:

@@ -11,9 +11,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from picluster import __version__
 from picluster.layout import normalize_mac
 from picluster.settings import Settings
+from picluster.version import __version__
 
 __all__ = ["IdentityError", "NodeIdentity", "facts", "identify", "is_local", "writer_name"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from picluster import layout
-from picluster.repo import ClusterRepo, Create, Snapshot
+from picluster.gitstore import ClusterRepo, Create, Snapshot
 from picluster.signing import AllowedSigners, SignatureError, sign
 from picluster.tasks import Catalogue, Outcome, Task, TaskError, new_task_id, now_iso, parse_time
 

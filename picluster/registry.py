@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import yaml
 
 from picluster import layout
+from picluster.gitstore import ClusterRepo, Create, Op, Put, Remove, Snapshot
 from picluster.identity import NodeIdentity
-from picluster.repo import ClusterRepo, Create, Op, Put, Remove, Snapshot
 
 __all__ = [
     "ClusterVars",

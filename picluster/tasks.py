@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from picluster import layout
-from picluster.repo import Op
+from picluster.gitstore import Op
 
 __all__ = [
     "Catalogue",
@@ -218,10 +218,9 @@ def ganglia(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     restarts gmond with it.  The node's facts report the config it now runs."""
     import socket
 
-    from picluster.ganglia import apply, digest
+    from picluster.ganglia import GangliaConfig, apply, digest
     from picluster.identity import facts, identify
     from picluster.registry import registration_ops
-    from picluster.render import GangliaConfig
 
     config = GangliaConfig.from_args(args)
     node = identify(context.settings)

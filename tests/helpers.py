@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from picluster import layout
-from picluster.repo import ClusterRepo, Snapshot, init_bare
+from picluster.gitstore import ClusterRepo, Snapshot, init_bare
 from picluster.settings import Settings
 from picluster.signing import signer_line
 
 if TYPE_CHECKING:
-    from picluster.lab import Lab, NodeStatus
+    from picluster.lab.lab import Lab, NodeStatus
 
 
 def keypair(path: Path, comment: str = "test", passphrase: str = "") -> Path:

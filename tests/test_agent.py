@@ -9,9 +9,9 @@ import pytest
 from helpers import Cluster, mac_of, run_cli, wait_until
 
 from picluster import layout
+from picluster.gitstore import ClusterRepo, Put
 from picluster.lab import Lab
 from picluster.queue import enqueue, make_task, outcome_of, wait_for
-from picluster.repo import ClusterRepo, Put
 from picluster.settings import Settings
 from picluster.tasks import Task
 

@@ -19,9 +19,10 @@ import pytest
 import yaml
 from helpers import Cluster, ip_of, keypair, mac_of, run_cli, status_of, wait_until
 
-from picluster import boot as boot_module
 from picluster import layout
-from picluster.boot import (
+from picluster.lab.lab import Lab, render_lab_settings
+from picluster.provision import boot as boot_module
+from picluster.provision.boot import (
     FIRSTRUN,
     KEY_NAME,
     RUNCMD,
@@ -33,7 +34,6 @@ from picluster.boot import (
     prepare_boot,
     set_hostname,
 )
-from picluster.lab import Lab, render_lab_settings
 from picluster.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import pytest
 from helpers import process_alive, wait_until
 
 from picluster import ganglia
-from picluster.render import GangliaConfig
+from picluster.ganglia import GangliaConfig
 from picluster.settings import Settings
 
 pytestmark = pytest.mark.skipif(not (shutil.which("gmond") and shutil.which("gmetad")),

@@ -11,8 +11,10 @@ import pytest
 from helpers import run_cli, status_of
 from typer.testing import CliRunner
 
-from picluster import lab as lab_module
-from picluster.lab import (
+from picluster.gitstore import ClusterRepo, Remove
+from picluster.lab import lab as lab_module
+from picluster.lab.cli import app
+from picluster.lab.lab import (
     FAST_TIMINGS,
     MAX_NODES,
     Lab,
@@ -28,9 +30,7 @@ from picluster.lab import (
     render_sshd_config,
     status_json,
 )
-from picluster.lab_cli import app
 from picluster.layout import format_mac, ip_path, normalize_mac
-from picluster.repo import ClusterRepo, Remove
 from picluster.settings import Settings
 
 # -- names and addresses ---------------------------------------------------------------

@@ -9,11 +9,11 @@ import pytest
 from helpers import Cluster, ip_of, mac_of, master_of, status_of, wait_until
 
 from picluster import ansible, layout
-from picluster import master as master_module
-from picluster.agent import Agent
 from picluster.identity import NodeIdentity
 from picluster.lab import Lab
 from picluster.master import Master
+from picluster.master import jobs as master_module
+from picluster.node import Agent
 from picluster.registry import read_membership, register
 from picluster.settings import Settings
 

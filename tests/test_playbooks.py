@@ -22,7 +22,7 @@ from filelock import FileLock
 from helpers import master_of, run_cli, wait_until
 
 from picluster.apply import PlaybookError, apply, playbook_dir, resolve, shipped
-from picluster.lab import Lab, Node
+from picluster.lab.lab import Lab, Node
 from picluster.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ TASKS = ROOT / "tasks"
 PLAYBOOKS = ["core", "ganglia", "nfs-client", "nfs-server", "openmpi", "site", "sudoers"]
 BIN = Path(sys.executable).parent
 
-# An inventory as the master renders it (picluster/render.py).
+# An inventory as the master renders it (picluster/master/views.py).
 INVENTORY = """\
 [master]
 198.18.0.11 mac=b827eb000001 hostname=pi-1

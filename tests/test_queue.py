@@ -3,8 +3,8 @@ from dataclasses import replace
 
 from helpers import Cluster, keypair, mac_of
 
+from picluster.gitstore import Put
 from picluster.queue import enqueue, make_task, scan
-from picluster.repo import Put
 from picluster.tasks import catalogue
 
 NODE = mac_of(1)

@@ -5,9 +5,9 @@ import sys
 from helpers import Cluster, ip_of, mac_of, run_cli
 
 from picluster import layout
+from picluster.gitstore import Put, Remove
 from picluster.identity import NodeIdentity
 from picluster.registry import read_membership, register, registration_ops
-from picluster.repo import Put, Remove
 
 
 def test_32_concurrent_registrations_land_with_exactly_one_master(cluster: Cluster) -> None:

@@ -1,7 +1,8 @@
 from pathlib import Path
 
+from picluster.ganglia import GangliaConfig, gmetad_conf, gmond_conf
+from picluster.master.views import render_views
 from picluster.registry import Member, Membership
-from picluster.render import GangliaConfig, gmetad_conf, gmond_conf, render_views
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbc"
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from helpers import Cluster
 
-from picluster.repo import ClusterRepo, Create, GitError, Put, Remove, Snapshot, init_bare
+from picluster.gitstore import ClusterRepo, Create, GitError, Put, Remove, Snapshot, init_bare
 
 
 def clone(cluster: Cluster, name: str, **options: Any) -> ClusterRepo:

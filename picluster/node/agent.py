@@ -29,11 +29,20 @@ from huey.storage import SqliteStorage
 
 from picluster import layout
 from picluster.ganglia import Daemons
+from picluster.gitstore import (
+    ClusterRepo,
+    GitError,
+    Op,
+    Put,
+    Remove,
+    Snapshot,
+    decode_ops,
+    encode_ops,
+)
 from picluster.identity import NodeIdentity, facts, identify
 from picluster.master import Master
 from picluster.queue import scan
 from picluster.registry import register
-from picluster.repo import ClusterRepo, GitError, Op, Put, Remove, Snapshot, decode_ops, encode_ops
 from picluster.settings import Settings
 from picluster.tasks import Catalogue, Outcome, Task, TaskContext, catalogue, now_iso, parse_time
 

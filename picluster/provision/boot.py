@@ -37,9 +37,9 @@ from pathlib import Path
 import yaml
 
 from picluster.files import install_file
+from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import IdentityError, facts, identify
 from picluster.registry import Registration, register
-from picluster.repo import ClusterRepo, GitError
 from picluster.settings import ConfigError, Settings, config_path
 
 __all__ = [
@@ -460,6 +460,6 @@ def boot(settings: Settings, *, foreground: bool = False, timeout: float | None 
         _become(settings.user)
     # Imported here: prepare-boot, on the operator's machine, needs none of the agent's
     # dependencies loaded.
-    from picluster.agent import Agent
+    from picluster.node import Agent
 
     Agent(node).run()

@@ -21,8 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from picluster.files import install_file
+from picluster.ganglia.config import GangliaConfig, gmetad_conf, gmond_conf
 from picluster.identity import is_local
-from picluster.render import GangliaConfig, gmetad_conf, gmond_conf
 from picluster.settings import Settings
 
 __all__ = ["Daemons", "apply", "digest"]

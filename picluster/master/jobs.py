@@ -17,7 +17,10 @@ from dataclasses import dataclass, field, replace
 
 from picluster import ansible, ganglia
 from picluster.files import install_file
+from picluster.ganglia import GangliaConfig
+from picluster.gitstore import ClusterRepo, GitError, Put, Snapshot
 from picluster.identity import NodeIdentity, is_local
+from picluster.master.views import render_views
 from picluster.queue import enqueue, make_task, pending_tasks
 from picluster.registry import (
     ClusterVars,
@@ -27,8 +30,6 @@ from picluster.registry import (
     read_membership,
     unregister_ops,
 )
-from picluster.render import GangliaConfig, render_views
-from picluster.repo import ClusterRepo, GitError, Put, Snapshot
 from picluster.settings import Settings
 
 __all__ = ["Master", "PingReport"]

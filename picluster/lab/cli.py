@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from picluster.lab import (
+from picluster.lab.lab import (
     DEFAULT_DIR,
     DIR_ENV,
     FAST_TIMINGS,

@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import picluster
-from picluster.boot import CONFIG_NAME, KEY_NAME, boot_config
 from picluster.files import install_file
+from picluster.gitstore import ClusterRepo, GitError, Snapshot
 from picluster.layout import MASTER, format_mac, ip_path
-from picluster.repo import ClusterRepo, GitError, Snapshot
+from picluster.provision.boot import CONFIG_NAME, KEY_NAME, boot_config
 from picluster.settings import Settings
 
 __all__ = [

@@ -1,0 +1,10 @@
+"""The master side: the jobs only the node holding `master` runs.
+
+Owns the views that follow membership (inventory, hostfile, known_hosts) and the health
+checks (a knock on every worker's ssh port, Ansible's ping, the prune).  It never
+schedules itself: the node agent runs these jobs while it is master.
+"""
+
+from picluster.master.jobs import Master, PingReport
+
+__all__ = ["Master", "PingReport"]
