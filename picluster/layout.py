@@ -24,6 +24,7 @@ __all__ = [
     "pending_path",
     "queue_dir",
     "seed_files",
+    "valid_hostname",
     "valid_task_id",
 ]
 
@@ -39,6 +40,10 @@ HOSTFILE = "hostfile"
 
 _MAC = re.compile(r"[0-9a-f]{12}")
 _TASK_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,95}")
+# RFC 1123: labels of letters, digits and inner hyphens, up to 63 characters each.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(_LABEL)
+_DOTTED_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
 def normalize_mac(text: str) -> str:
@@ -52,6 +57,12 @@ def normalize_mac(text: str) -> str:
 def format_mac(mac: str) -> str:
     """'b827eb000001' -> 'b8:27:eb:00:00:01' (how `ip link` shows it)."""
     return ":".join(mac[i:i + 2] for i in range(0, 12, 2))
+
+
+def valid_hostname(name: str, *, dotted: bool = False) -> bool:
+    """A host name: one label (what a node is called), or with `dotted` a domain name
+    (what a node may report; it reaches inventories and Ganglia's configs)."""
+    return bool((_DOTTED_HOSTNAME if dotted else _HOSTNAME).fullmatch(name))
 
 
 def valid_task_id(task_id: str) -> bool:

@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 # What may reach an inventory, a Ganglia config or an Ansible variable from the repository:
 # plain names only, since Ansible expands {{ templates }} and INI takes `key=value` pairs.
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 _HOST_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*")
 _PLAIN = {"name": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
           "ssh_user": re.compile(r"[a-z_][a-z0-9_-]{0,31}")}
@@ -52,7 +50,8 @@ class Member:
         """The hostname the node reported, if it is a plain one; else its IP.  (Facts are
         unsigned and end up in the inventory and Ganglia's configs.)"""
         name = self.facts.get("hostname")
-        return name if isinstance(name, str) and _HOSTNAME.fullmatch(name) else self.ip
+        return name if isinstance(name, str) and layout.valid_hostname(name, dotted=True) \
+            else self.ip
 
     @property
     def host_key(self) -> str | None:

@@ -11,10 +11,11 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from picluster.layout import normalize_mac, valid_hostname
 
 __all__ = ["DEFAULTS", "DEFAULT_CONFIG", "ConfigError", "Settings", "config_path"]
 
@@ -57,7 +58,6 @@ _DURATIONS = {"poll_interval", "master_grace", "ping_interval", "ping_timeout"}
 _POSITIVE_INTS = {"workers", "prune_after"}
 _PATHS = {"home", "ssh_key", "signing_key", "host_key", "user_ssh_dir", "etc_dir"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
-_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 class ConfigError(ValueError):
@@ -105,8 +105,6 @@ def _parse_value(key: str, raw: str) -> object:
             raise ValueError(f"'{raw}' is not a whole number of at least 1")
         return int(raw)
     if key == "mac":
-        from picluster.layout import normalize_mac
-
         return normalize_mac(raw)
     if key == "ip":
         import ipaddress
@@ -115,7 +113,7 @@ def _parse_value(key: str, raw: str) -> object:
             return str(ipaddress.IPv4Address(raw))
         except ValueError:
             raise ValueError(f"'{raw}' is not an IPv4 address, e.g. 198.18.0.11") from None
-    if key == "hostname" and not _HOSTNAME.fullmatch(raw):
+    if key == "hostname" and not valid_hostname(raw):
         raise ValueError(f"'{raw}' is not a host name: up to 63 letters, digits and inner "
                          "hyphens, e.g. pi-3")
     if key == "log_level":
