@@ -21,19 +21,11 @@ from helpers import Cluster, ip_of, keypair, mac_of, run_cli, status_of, wait_un
 
 from picluster import layout
 from picluster.lab.lab import Lab, render_lab_settings
-from picluster.provision import boot as boot_module
-from picluster.provision.boot import (
-    FIRSTRUN,
-    KEY_NAME,
-    RUNCMD,
-    UNIT,
-    BootError,
-    boot,
-    hosts_text,
-    install_keys,
-    prepare_boot,
-    set_hostname,
-)
+from picluster.provision import card as card_module
+from picluster.provision import firstboot
+from picluster.provision.card import FIRSTRUN, KEY_NAME, RUNCMD, prepare_boot
+from picluster.provision.common import BootError
+from picluster.provision.firstboot import UNIT, boot, hosts_text, install_keys, set_hostname
 from picluster.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,7 +244,7 @@ def test_a_failed_write_puts_back_what_was_there(card: Path, cluster_key: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     (card / "user-data").write_text(IMAGER_USER_DATA)
     before = contents(card)
-    real_install = boot_module.install_file
+    real_install = card_module.install_file
     calls = []
 
     def failing_install(path: Path, data: bytes | str, **options: object) -> bool:
@@ -261,7 +253,7 @@ def test_a_failed_write_puts_back_what_was_there(card: Path, cluster_key: Path,
             raise OSError(28, "No space left on device", str(path))
         return real_install(path, data, **options)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(boot_module, "install_file", failing_install)
+    monkeypatch.setattr(card_module, "install_file", failing_install)
     with pytest.raises(BootError, match=r"No space left on device.*nothing was changed"):
         prepare_boot(card, repo="/x.git", key=cluster_key)
     assert {"picluster.conf", "user-data", "cmdline.txt", FIRSTRUN} <= set(calls)
@@ -297,7 +289,7 @@ cat /etc/systemd/system/picluster-firstboot.service
 
 def test_the_unit_verifies_and_the_repository_root_holds_the_package_copy() -> None:
     unit = ROOT / "picluster.service"
-    assert unit.read_text() == boot_module.unit_text()
+    assert unit.read_text() == firstboot.unit_text()
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0 and done.stderr == "", done.stderr
@@ -373,7 +365,7 @@ class FakeSystem:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.commands: list[list[str]] = []
-        real_run = boot_module._run
+        real_run = firstboot.run
 
         def run(*argv: str) -> str:
             if argv[0] in ("systemctl", "hostnamectl"):
@@ -381,8 +373,8 @@ class FakeSystem:
                 return ""
             return real_run(*argv)
 
-        monkeypatch.setattr(boot_module, "_run", run)
-        monkeypatch.setattr(boot_module, "systemd_running", lambda: True)
+        monkeypatch.setattr(firstboot, "run", run)
+        monkeypatch.setattr(firstboot, "systemd_running", lambda: True)
 
 
 def test_the_hostname_changes_only_where_systemd_runs(tmp_path: Path,
@@ -413,7 +405,7 @@ def test_boot_under_systemd_joins_then_enables_the_service(
     node_facts = yaml.safe_load(snapshot.read(layout.facts_path(mac_of(1))) or "")
     assert {"hostname", "cores", "model", "host_key"} <= set(node_facts)
     units = tmp_path / "etc" / "systemd" / "system"
-    assert (units / UNIT).read_text() == boot_module.unit_text()
+    assert (units / UNIT).read_text() == firstboot.unit_text()
     dropin = (units / f"{UNIT}.d" / "boot.conf").read_text()
     assert f'Environment="PICLUSTER_CONFIG={card / "picluster.conf"}"' in dropin
     assert "User=" not in dropin
