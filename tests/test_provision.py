@@ -13,6 +13,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,22 @@ def node_settings(config: Path, tmp_path: Path, number: int = 1) -> Path:
                    f"etc_dir = {tmp_path / 'etc'}\nmac = {mac_of(number)}\n"
                    f"ip = {ip_of(number)}\npoll_interval = 0.5\nmaster_grace = 0\n")
     return config
+
+
+# -- two programs for two machines -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["picluster.provision.card", "picluster.provision"])
+def test_the_card_tool_loads_none_of_the_agents_dependencies(module: str) -> None:
+    """prepare-boot runs on the operator's machine: importing it loads no agent."""
+    done = subprocess.run([sys.executable, "-c",
+                           f"import sys, {module}; print(*sorted(sys.modules))"],
+                          capture_output=True, text=True, check=True)
+    loaded = set(done.stdout.split())
+    assert module in loaded
+    assert not {name for name in loaded
+                if name.split(".")[0] in ("huey", "apscheduler")
+                or name == "picluster.node" or name.startswith("picluster.node.")}
 
 
 # -- prepare-boot ------------------------------------------------------------------------
