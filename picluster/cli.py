@@ -16,7 +16,7 @@ from rich.text import Text
 from picluster import layout
 from picluster.gitstore import ClusterRepo, GitError, Put, Snapshot, init_bare
 from picluster.identity import IdentityError, facts, identify, writer_name
-from picluster.provision.boot import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
+from picluster.provision import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
 from picluster.registry import read_cluster_vars, read_membership, register
 from picluster.settings import ConfigError, Settings

@@ -43,7 +43,7 @@ import picluster
 from picluster.files import install_file
 from picluster.gitstore import ClusterRepo, GitError, Snapshot
 from picluster.layout import MASTER, format_mac, ip_path
-from picluster.provision.boot import CONFIG_NAME, KEY_NAME, boot_config
+from picluster.provision import CONFIG_NAME, KEY_NAME, boot_config
 from picluster.settings import Settings
 
 __all__ = [

@@ -1,9 +1,32 @@
-"""Provisioning: from SD card to running node.
+"""Provisioning: from SD card to running node, as two programs for two machines.
 
-`prepare-boot` runs on the operator's machine and writes a boot partition; `boot` runs on
-the node at first boot and at every start of picluster.service.
+`picluster.provision.card` is the operator's SD-card tool (`prepare-boot`): it writes a
+boot partition and never loads the node layer.  `picluster.provision.firstboot` runs on
+the node (`boot`), at first boot and at every start of picluster.service, and becomes the
+agent; it loads the agent (huey, APScheduler) only then.  Neither edits the cluster
+repository's files itself: a node joins through picluster.registry.
 """
 
-from picluster.provision.boot import BootError, prepare_boot
+from picluster.provision.card import (
+    CONFIG_NAME,
+    DEFAULT_MOUNT,
+    DEFAULT_PACKAGE,
+    KEY_NAME,
+    Prepared,
+    boot_config,
+    prepare_boot,
+)
+from picluster.provision.common import BootError
+from picluster.provision.firstboot import boot
 
-__all__ = ["BootError", "prepare_boot"]
+__all__ = [
+    "CONFIG_NAME",
+    "DEFAULT_MOUNT",
+    "DEFAULT_PACKAGE",
+    "KEY_NAME",
+    "BootError",
+    "Prepared",
+    "boot",
+    "boot_config",
+    "prepare_boot",
+]

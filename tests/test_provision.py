@@ -13,6 +13,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,19 +22,11 @@ from helpers import Cluster, ip_of, keypair, mac_of, run_cli, status_of, wait_un
 
 from picluster import layout
 from picluster.lab.lab import Lab, render_lab_settings
-from picluster.provision import boot as boot_module
-from picluster.provision.boot import (
-    FIRSTRUN,
-    KEY_NAME,
-    RUNCMD,
-    UNIT,
-    BootError,
-    boot,
-    hosts_text,
-    install_keys,
-    prepare_boot,
-    set_hostname,
-)
+from picluster.provision import card as card_module
+from picluster.provision import firstboot
+from picluster.provision.card import FIRSTRUN, KEY_NAME, RUNCMD, prepare_boot
+from picluster.provision.common import BootError
+from picluster.provision.firstboot import UNIT, boot, hosts_text, install_keys, set_hostname
 from picluster.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +95,22 @@ def node_settings(config: Path, tmp_path: Path, number: int = 1) -> Path:
                    f"etc_dir = {tmp_path / 'etc'}\nmac = {mac_of(number)}\n"
                    f"ip = {ip_of(number)}\npoll_interval = 0.5\nmaster_grace = 0\n")
     return config
+
+
+# -- two programs for two machines -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["picluster.provision.card", "picluster.provision"])
+def test_the_card_tool_loads_none_of_the_agents_dependencies(module: str) -> None:
+    """prepare-boot runs on the operator's machine: importing it loads no agent."""
+    done = subprocess.run([sys.executable, "-c",
+                           f"import sys, {module}; print(*sorted(sys.modules))"],
+                          capture_output=True, text=True, check=True)
+    loaded = set(done.stdout.split())
+    assert module in loaded
+    assert not {name for name in loaded
+                if name.split(".")[0] in ("huey", "apscheduler")
+                or name == "picluster.node" or name.startswith("picluster.node.")}
 
 
 # -- prepare-boot ------------------------------------------------------------------------
@@ -252,7 +261,7 @@ def test_a_failed_write_puts_back_what_was_there(card: Path, cluster_key: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     (card / "user-data").write_text(IMAGER_USER_DATA)
     before = contents(card)
-    real_install = boot_module.install_file
+    real_install = card_module.install_file
     calls = []
 
     def failing_install(path: Path, data: bytes | str, **options: object) -> bool:
@@ -261,7 +270,7 @@ def test_a_failed_write_puts_back_what_was_there(card: Path, cluster_key: Path,
             raise OSError(28, "No space left on device", str(path))
         return real_install(path, data, **options)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(boot_module, "install_file", failing_install)
+    monkeypatch.setattr(card_module, "install_file", failing_install)
     with pytest.raises(BootError, match=r"No space left on device.*nothing was changed"):
         prepare_boot(card, repo="/x.git", key=cluster_key)
     assert {"picluster.conf", "user-data", "cmdline.txt", FIRSTRUN} <= set(calls)
@@ -297,7 +306,7 @@ cat /etc/systemd/system/picluster-firstboot.service
 
 def test_the_unit_verifies_and_the_repository_root_holds_the_package_copy() -> None:
     unit = ROOT / "picluster.service"
-    assert unit.read_text() == boot_module.unit_text()
+    assert unit.read_text() == firstboot.unit_text()
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0 and done.stderr == "", done.stderr
@@ -373,7 +382,7 @@ class FakeSystem:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.commands: list[list[str]] = []
-        real_run = boot_module._run
+        real_run = firstboot.run
 
         def run(*argv: str) -> str:
             if argv[0] in ("systemctl", "hostnamectl"):
@@ -381,8 +390,8 @@ class FakeSystem:
                 return ""
             return real_run(*argv)
 
-        monkeypatch.setattr(boot_module, "_run", run)
-        monkeypatch.setattr(boot_module, "systemd_running", lambda: True)
+        monkeypatch.setattr(firstboot, "run", run)
+        monkeypatch.setattr(firstboot, "systemd_running", lambda: True)
 
 
 def test_the_hostname_changes_only_where_systemd_runs(tmp_path: Path,
@@ -413,7 +422,7 @@ def test_boot_under_systemd_joins_then_enables_the_service(
     node_facts = yaml.safe_load(snapshot.read(layout.facts_path(mac_of(1))) or "")
     assert {"hostname", "cores", "model", "host_key"} <= set(node_facts)
     units = tmp_path / "etc" / "systemd" / "system"
-    assert (units / UNIT).read_text() == boot_module.unit_text()
+    assert (units / UNIT).read_text() == firstboot.unit_text()
     dropin = (units / f"{UNIT}.d" / "boot.conf").read_text()
     assert f'Environment="PICLUSTER_CONFIG={card / "picluster.conf"}"' in dropin
     assert "User=" not in dropin

@@ -1,0 +1,209 @@
+"""The operator's SD-card tool: `picluster prepare-boot`.
+
+`prepare_boot` runs on the operator's machine and writes into a mounted boot partition
+(FAT, which any computer can write): the boot config, the cluster key, the empty `ssh`
+file that enables sshd on Raspberry Pi OS, and the first-boot hooks.  Both hooks run
+picluster-firstboot.sh, which pip-installs picluster into /opt/picluster and runs
+`picluster boot` (picluster.provision.firstboot):
+
+*   images with cloud-init run the `runcmd` that `user-data` (#cloud-config) gains;
+*   images without cloud-init run picluster-firstrun.sh through ``systemd.run=`` on
+    cmdline.txt, as Raspberry Pi Imager runs its firstrun.sh: the one standard hook that
+    a boot partition alone can set up (the root file system is ext4, which most
+    operators' machines cannot write).  It installs a unit that runs the first boot
+    once the network is online, and removes itself.
+
+The card is written all or nothing.  Nothing here loads the agent's dependencies.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from picluster.files import install_file
+from picluster.provision.common import BootError, package_text, public_key
+from picluster.settings import ConfigError, Settings
+
+__all__ = [
+    "CONFIG_NAME",
+    "DEFAULT_MOUNT",
+    "DEFAULT_PACKAGE",
+    "FIRSTBOOT",
+    "FIRSTRUN",
+    "KEY_NAME",
+    "RUNCMD",
+    "Prepared",
+    "boot_config",
+    "prepare_boot",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "picluster.conf"
+KEY_NAME = "picluster_key"
+FIRSTBOOT = "picluster-firstboot.sh"
+FIRSTRUN = "picluster-firstrun.sh"
+# Where the node mounts its boot partition: Raspberry Pi OS Bookworm and later, Ubuntu.
+# Bullseye and older mount it at /boot.
+DEFAULT_MOUNT = "/boot/firmware"
+DEFAULT_PACKAGE = "picluster"
+# Every Raspberry Pi boot partition has these, whatever the model and release.
+_BOOT_MARKERS = ("config.txt", "cmdline.txt")
+# NoCloud's seed: an image that reads user-data has (or is given) meta-data beside it.
+_CLOUD_INIT_SEED = "meta-data"
+_FIRSTRUN_ARGS = ("systemd.run={mount}/" + FIRSTRUN, "systemd.run_success_action=reboot",
+                  "systemd.unit=kernel-command-line.target")
+# cloud-init does not know where this image mounts the boot partition; the shell finds it.
+RUNCMD = ["sh", "-c", "for b in /boot/firmware /boot; do if [ -f $b/" + FIRSTBOOT + " ]; "
+          "then exec sh $b/" + FIRSTBOOT + "; fi; done; "
+          "echo picluster: no boot partition holds " + FIRSTBOOT + " >&2; exit 1"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What prepare_boot wrote: the CLI reports it."""
+
+    boot_dir: Path
+    written: tuple[str, ...]  # names of the files this run wrote, in the boot partition
+    hooks: tuple[str, ...]  # "cloud-init", and "firstrun" on images without cloud-init
+
+
+def boot_config(repo: str, *, master: bool, hostname: str | None) -> str:
+    """The picluster.conf prepare-boot writes, next to the cluster key (KEY_NAME)."""
+    lines = ["# picluster boot config, written by `picluster prepare-boot`.",
+             "# Keys and defaults: picluster/settings.py; paths are relative to this file.",
+             f"repo = {repo}", f"ssh_key = {KEY_NAME}"]
+    if master:
+        lines.append("master = true")
+    if hostname:
+        lines.append(f"hostname = {hostname}")
+    return "\n".join(lines) + "\n"
+
+
+def _cloud_config(text: str) -> dict[str, object] | None:
+    """The settings of a #cloud-config picluster can add a runcmd to, else None."""
+    if not text.strip():
+        return {}
+    if not text.startswith("#cloud-config"):
+        return None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if loaded is None:
+        return {}
+    if isinstance(loaded, dict) and isinstance(loaded.get("runcmd") or [], list):
+        return loaded
+    return None
+
+
+def _user_data(existing: str | None, force: bool) -> str:
+    """`user-data` with picluster's runcmd added once.  Another #cloud-config (Raspberry
+    Pi Imager writes the user, Wi-Fi and ssh keys there) keeps all its settings."""
+    config = _cloud_config(existing) if existing is not None else {}
+    if config is None:
+        if not force:
+            raise BootError("user-data exists and is not a #cloud-config that picluster can "
+                            "add to; pass --force to replace it")
+        config = {}
+    runcmd = config.get("runcmd") or []
+    assert isinstance(runcmd, list)
+    config["runcmd"] = [*(command for command in runcmd if command != RUNCMD), RUNCMD]
+    return ("#cloud-config\n# picluster prepare-boot added the last runcmd: it installs "
+            "picluster and runs `picluster boot`.\n"
+            + yaml.safe_dump(config, sort_keys=False, width=1000, default_flow_style=None))
+
+
+def _cmdline_with_firstrun(text: str, mount: str) -> str:
+    """cmdline.txt (one line; the firmware ignores any other) that runs picluster-firstrun.sh
+    once.  It takes the place of Raspberry Pi Imager's firstrun.sh, which it runs first."""
+    line, newline, rest = text.partition("\n")
+    ours = [arg.format(mount=mount) for arg in _FIRSTRUN_ARGS]
+    kept = []
+    for arg in line.split():
+        if arg.startswith("systemd.run="):
+            if not arg.endswith(("/firstrun.sh", f"/{FIRSTRUN}")):
+                raise BootError(f"cmdline.txt already runs {arg.split('=', 1)[1]} at first "
+                                "boot; remove that systemd.run= first")
+        elif not (arg.startswith("systemd.run_") or arg in ours):
+            kept.append(arg)
+    return " ".join([*kept, *ours]) + (newline or "\n") + rest
+
+
+def _write_all(files: dict[Path, tuple[bytes | str, int]]) -> None:
+    """Write every file or, on an error, put back what was there before."""
+    before = {path: path.read_bytes() if path.is_file() else None for path in files}
+    done: list[Path] = []
+    try:
+        for path, (data, mode) in files.items():
+            install_file(path, data, mode=mode)
+            done.append(path)
+    except OSError as error:
+        for written in reversed(done):
+            old = before[written]
+            try:
+                if old is None:
+                    written.unlink()
+                else:
+                    install_file(written, old, mode=files[written][1])
+            except OSError:
+                log.warning("could not restore %s", written)
+        raise BootError(f"{error.filename or path}: cannot write it ({error.strerror}); "
+                        "nothing was changed", code=1) from None
+
+
+def prepare_boot(boot_dir: Path, *, repo: str, key: Path, master: bool = False,
+                 hostname: str | None = None, force: bool = False,
+                 mount: str = DEFAULT_MOUNT, package: str = DEFAULT_PACKAGE) -> Prepared:
+    """Make the mounted boot partition `boot_dir` boot a node of the cluster at `repo`."""
+    if not boot_dir.is_dir():
+        raise BootError(f"{boot_dir}: no such directory; give the mount point of the SD "
+                        "card's boot partition")
+    missing = [name for name in _BOOT_MARKERS if not (boot_dir / name).is_file()]
+    if missing and not force:
+        raise BootError(f"{boot_dir} does not look like a Raspberry Pi boot partition (no "
+                        f"{' or '.join(missing)}); give the SD card's boot partition, or "
+                        "pass --force")
+    config = boot_dir / CONFIG_NAME
+    if config.exists() and not force:
+        raise BootError(f"{config} exists; pass --force to replace it")
+    if not mount.startswith("/"):
+        raise BootError(f"--mount {mount}: give the absolute path where the node mounts its "
+                        "boot partition, e.g. /boot/firmware")
+    try:
+        private = key.read_bytes()
+    except OSError as error:
+        raise BootError(f"--key {key}: {error.strerror}") from None
+    text = boot_config(repo, master=master, hostname=hostname)
+    try:
+        Settings.parse(text, config)
+    except ConfigError as error:
+        raise BootError(f"{error.key}: {error.problem}") from None
+
+    def existing(name: str) -> str | None:
+        path = boot_dir / name
+        return path.read_text(errors="replace") if path.is_file() else None
+
+    files: dict[Path, tuple[bytes | str, int]] = {
+        config: (text, 0o644),
+        boot_dir / KEY_NAME: (private, 0o600),
+        boot_dir / f"{KEY_NAME}.pub": (public_key(private, key), 0o644),
+        boot_dir / FIRSTBOOT: (
+            package_text(FIRSTBOOT).replace("@PACKAGE@", shlex.quote(package)), 0o755),
+        boot_dir / "user-data": (_user_data(existing("user-data"), force), 0o644),
+    }
+    hooks = ["cloud-init"]
+    cmdline = existing("cmdline.txt")
+    if cmdline is not None and not (boot_dir / _CLOUD_INIT_SEED).exists():
+        files[boot_dir / FIRSTRUN] = (package_text(FIRSTRUN), 0o755)
+        files[boot_dir / "cmdline.txt"] = (_cmdline_with_firstrun(cmdline, mount), 0o644)
+        hooks.append("firstrun")
+    if not (boot_dir / "ssh").exists():
+        files[boot_dir / "ssh"] = ("", 0o644)
+    _write_all(files)
+    return Prepared(boot_dir, tuple(path.name for path in files), tuple(hooks))
