@@ -13,23 +13,15 @@ from typer.testing import CliRunner
 
 from picluster.gitstore import ClusterRepo, Remove
 from picluster.lab import lab as lab_module
+from picluster.lab import machine
 from picluster.lab.cli import app
-from picluster.lab.lab import (
-    FAST_TIMINGS,
-    MAX_NODES,
-    Lab,
-    LabError,
-    NodeStatus,
-    lab_dir,
-    lab_prefix,
-    node_ip,
-    node_mac,
-    parse_hostfile,
-    preflight,
-    render_node_config,
-    render_sshd_config,
-    status_json,
-)
+from picluster.lab.errors import LabError
+from picluster.lab.hosts import FAST_TIMINGS, render_node_config, render_sshd_config
+from picluster.lab.lab import Lab
+from picluster.lab.machine import preflight
+from picluster.lab.net import MAX_NODES, lab_dir, lab_prefix, node_ip, node_mac
+from picluster.lab.procs import alive
+from picluster.lab.status import NodeStatus, parse_hostfile, status_json
 from picluster.layout import format_mac, ip_path, normalize_mac
 from picluster.settings import Settings
 
@@ -126,11 +118,11 @@ def test_status_json_shape():
 
 
 def test_preflight_says_how_to_install_what_is_missing(monkeypatch):
-    real_which = lab_module.shutil.which
-    monkeypatch.setattr(lab_module.shutil, "which",
+    real_which = machine.shutil.which
+    monkeypatch.setattr(machine.shutil, "which",
                         lambda exe, path=None: None if exe in ("gmond", "gmetad")
                         else real_which(exe, path=path))
-    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(machine.os, "geteuid", lambda: 1000)
     problems = preflight()
     assert "must run as root" in problems[0]
     assert problems[1].endswith("apt-get install -y ganglia-monitor gmetad")
@@ -147,7 +139,7 @@ def test_up_exits_2_with_the_reason_when_the_machine_is_not_ready(monkeypatch, t
 @pytest.mark.parametrize("command", [["status"], ["exec", "pi-1", "--", "true"],
                                      ["kill", "pi-1"], ["down"]])
 def test_every_command_says_plainly_that_it_needs_root(monkeypatch, tmp_path, command):
-    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(machine.os, "geteuid", lambda: 1000)
     result = CliRunner().invoke(app, [*command[:1], "--dir", str(tmp_path), *command[1:]])
     assert result.exit_code == 2
     assert "must run as root" in result.output
@@ -184,7 +176,7 @@ def marked_processes(lab: Lab) -> list[int]:
                 (proc / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if marked and lab_module._alive(int(proc.name)):
+        if marked and alive(int(proc.name)):
             found.append(int(proc.name))
     return found
 
@@ -262,7 +254,7 @@ def test_down_removes_every_namespace_process_and_file(fresh_lab):
     result = run_lab_cli(fresh_lab, "down")
     assert result.returncode == 0, result.stderr
     assert lab_namespaces(fresh_lab) == []
-    assert not [pid for pid in pids if lab_module._alive(pid)]
+    assert not [pid for pid in pids if alive(pid)]
     assert marked_processes(fresh_lab) == []
     assert not fresh_lab.dir.exists()
     assert run_lab_cli(fresh_lab, "down").returncode == 0  # idempotent
