@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -39,7 +41,8 @@ def test_the_lab_directory_comes_from_the_option_then_the_environment(monkeypatc
 def test_the_prefix_is_a_short_hash_of_the_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prefix = lab_prefix(tmp_path / "a")
-    assert prefix.startswith("pcl") and len(prefix) == 9 and int(prefix[3:], 16) >= 0
+    digest = hashlib.sha256(str((tmp_path / "a").resolve()).encode()).hexdigest()
+    assert re.fullmatch(r"pcl[0-9a-f]{6}", prefix) and prefix == f"pcl{digest[:6]}"
     assert lab_prefix("a") == prefix  # the same directory, however it is spelled
     assert lab_prefix(tmp_path / "b") != prefix
 
@@ -167,6 +170,21 @@ def lab_namespaces(lab: Lab) -> list[str]:
             if line.startswith(f"{lab.prefix}-")]
 
 
+def in_root_namespace(lab: Lab) -> list[str]:
+    """The root namespace's interfaces and IPv4 addresses that are the lab's: none ever."""
+    def ip(*args: str) -> list[str]:
+        return subprocess.run(["ip", "-o", *args], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+
+    ports = {"br0", lab.git_host.port, *(node.port for node in lab.nodes)}
+    macs = {format_mac(node.mac) for node in lab.nodes}
+    lab_net = ipaddress.IPv4Network("198.18.0.0/15")
+    return [line for line in ip("link") if line.split()[1].split("@")[0].rstrip(":") in ports
+            or any(mac in line for mac in macs)] + \
+        [line for line in ip("-4", "addr")
+         if ipaddress.IPv4Interface(line.split()[3]).ip in lab_net]
+
+
 def marked_processes(lab: Lab) -> list[int]:
     """Living processes that carry the lab's environment marker."""
     found = []
@@ -190,6 +208,7 @@ def test_nodes_register_with_exactly_one_master(lab):
     assert sum(node.role == "master" for node in nodes) == 1
     assert sorted(lab_namespaces(lab)) == sorted(
         [lab.bridge_ns, lab.git_host.netns, *(node.netns for node in lab.nodes)])
+    assert in_root_namespace(lab) == []
 
     printed = json.loads(run_lab_cli(lab, "status", "--json").stdout)
     assert [(node["name"], node["ip"], node["registered"]) for node in printed["nodes"]] == \
