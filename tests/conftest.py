@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("lab") is not None)
 
 
-# -- lab fixtures (owner: picluster/lab.py) ------------------------------------------------
+# -- lab fixtures (owner: picluster/lab/) ---------------------------------------------------
 # Labs are built on first use only, so `pytest -m "not lab"` never touches a namespace.
 # Their directories are short ones under /tmp, not tmp_path: ssh's control sockets live in
 # each node's home and a unix socket's path must fit in 107 bytes.

@@ -18,7 +18,7 @@ from picluster.settings import Settings
 from picluster.signing import signer_line
 
 if TYPE_CHECKING:
-    from picluster.lab.lab import Lab, NodeStatus
+    from picluster.lab import Lab, NodeStatus
 
 
 def keypair(path: Path, comment: str = "test", passphrase: str = "") -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -13,23 +15,15 @@ from typer.testing import CliRunner
 
 from picluster.gitstore import ClusterRepo, Remove
 from picluster.lab import lab as lab_module
+from picluster.lab import machine
 from picluster.lab.cli import app
-from picluster.lab.lab import (
-    FAST_TIMINGS,
-    MAX_NODES,
-    Lab,
-    LabError,
-    NodeStatus,
-    lab_dir,
-    lab_prefix,
-    node_ip,
-    node_mac,
-    parse_hostfile,
-    preflight,
-    render_node_config,
-    render_sshd_config,
-    status_json,
-)
+from picluster.lab.errors import LabError
+from picluster.lab.hosts import FAST_TIMINGS, render_node_config, render_sshd_config
+from picluster.lab.lab import Lab
+from picluster.lab.machine import preflight
+from picluster.lab.net import MAX_NODES, lab_dir, lab_prefix, node_ip, node_mac
+from picluster.lab.procs import alive
+from picluster.lab.status import NodeStatus, parse_hostfile, status_json
 from picluster.layout import format_mac, ip_path, normalize_mac
 from picluster.settings import Settings
 
@@ -47,7 +41,8 @@ def test_the_lab_directory_comes_from_the_option_then_the_environment(monkeypatc
 def test_the_prefix_is_a_short_hash_of_the_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prefix = lab_prefix(tmp_path / "a")
-    assert prefix.startswith("pcl") and len(prefix) == 9 and int(prefix[3:], 16) >= 0
+    digest = hashlib.sha256(str((tmp_path / "a").resolve()).encode()).hexdigest()
+    assert re.fullmatch(r"pcl[0-9a-f]{6}", prefix) and prefix == f"pcl{digest[:6]}"
     assert lab_prefix("a") == prefix  # the same directory, however it is spelled
     assert lab_prefix(tmp_path / "b") != prefix
 
@@ -126,11 +121,11 @@ def test_status_json_shape():
 
 
 def test_preflight_says_how_to_install_what_is_missing(monkeypatch):
-    real_which = lab_module.shutil.which
-    monkeypatch.setattr(lab_module.shutil, "which",
+    real_which = machine.shutil.which
+    monkeypatch.setattr(machine.shutil, "which",
                         lambda exe, path=None: None if exe in ("gmond", "gmetad")
                         else real_which(exe, path=path))
-    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(machine.os, "geteuid", lambda: 1000)
     problems = preflight()
     assert "must run as root" in problems[0]
     assert problems[1].endswith("apt-get install -y ganglia-monitor gmetad")
@@ -147,7 +142,7 @@ def test_up_exits_2_with_the_reason_when_the_machine_is_not_ready(monkeypatch, t
 @pytest.mark.parametrize("command", [["status"], ["exec", "pi-1", "--", "true"],
                                      ["kill", "pi-1"], ["down"]])
 def test_every_command_says_plainly_that_it_needs_root(monkeypatch, tmp_path, command):
-    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(machine.os, "geteuid", lambda: 1000)
     result = CliRunner().invoke(app, [*command[:1], "--dir", str(tmp_path), *command[1:]])
     assert result.exit_code == 2
     assert "must run as root" in result.output
@@ -175,6 +170,21 @@ def lab_namespaces(lab: Lab) -> list[str]:
             if line.startswith(f"{lab.prefix}-")]
 
 
+def in_root_namespace(lab: Lab) -> list[str]:
+    """The root namespace's interfaces and IPv4 addresses that are the lab's: none ever."""
+    def ip(*args: str) -> list[str]:
+        return subprocess.run(["ip", "-o", *args], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+
+    ports = {"br0", lab.git_host.port, *(node.port for node in lab.nodes)}
+    macs = {format_mac(node.mac) for node in lab.nodes}
+    lab_net = ipaddress.IPv4Network("198.18.0.0/15")
+    return [line for line in ip("link") if line.split()[1].split("@")[0].rstrip(":") in ports
+            or any(mac in line for mac in macs)] + \
+        [line for line in ip("-4", "addr")
+         if ipaddress.IPv4Interface(line.split()[3]).ip in lab_net]
+
+
 def marked_processes(lab: Lab) -> list[int]:
     """Living processes that carry the lab's environment marker."""
     found = []
@@ -184,7 +194,7 @@ def marked_processes(lab: Lab) -> list[int]:
                 (proc / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if marked and lab_module._alive(int(proc.name)):
+        if marked and alive(int(proc.name)):
             found.append(int(proc.name))
     return found
 
@@ -198,6 +208,7 @@ def test_nodes_register_with_exactly_one_master(lab):
     assert sum(node.role == "master" for node in nodes) == 1
     assert sorted(lab_namespaces(lab)) == sorted(
         [lab.bridge_ns, lab.git_host.netns, *(node.netns for node in lab.nodes)])
+    assert in_root_namespace(lab) == []
 
     printed = json.loads(run_lab_cli(lab, "status", "--json").stdout)
     assert [(node["name"], node["ip"], node["registered"]) for node in printed["nodes"]] == \
@@ -262,7 +273,7 @@ def test_down_removes_every_namespace_process_and_file(fresh_lab):
     result = run_lab_cli(fresh_lab, "down")
     assert result.returncode == 0, result.stderr
     assert lab_namespaces(fresh_lab) == []
-    assert not [pid for pid in pids if lab_module._alive(pid)]
+    assert not [pid for pid in pids if alive(pid)]
     assert marked_processes(fresh_lab) == []
     assert not fresh_lab.dir.exists()
     assert run_lab_cli(fresh_lab, "down").returncode == 0  # idempotent

@@ -22,17 +22,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from picluster.lab.lab import (
-    DEFAULT_DIR,
-    DIR_ENV,
-    FAST_TIMINGS,
-    GIT_MODES,
-    MAX_NODES,
-    Lab,
-    LabError,
-    require_root,
-    status_json,
-)
+from picluster.lab.errors import LabError
+from picluster.lab.hosts import FAST_TIMINGS
+from picluster.lab.lab import GIT_MODES, Lab
+from picluster.lab.machine import require_root
+from picluster.lab.net import DEFAULT_DIR, DIR_ENV, MAX_NODES
+from picluster.lab.status import status_json
 
 __all__ = ["app"]
 

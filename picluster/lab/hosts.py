@@ -1,0 +1,129 @@
+"""The lab's hosts, as files: where each keeps its things, and the configs the lab writes.
+
+A host is a machine of the lab (the git server, or a node); a Node is a Raspberry Pi: a
+host with a boot partition, a home and an agent.  Another kind of node (a machine node:
+a container with a system of its own) is another Host here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from picluster.provision import CONFIG_NAME, KEY_NAME, boot_config
+from picluster.settings import Settings
+
+__all__ = [
+    "FAST_TIMINGS",
+    "Host",
+    "Node",
+    "render_lab_settings",
+    "render_node_config",
+    "render_sshd_config",
+]
+
+# `--fast`: the timings (seconds) of a lab that converges and prunes while you watch.
+FAST_TIMINGS: dict[str, float] = {"poll_interval": 1, "master_grace": 3, "ping_interval": 2,
+                                  "prune_after": 2, "ping_timeout": 0.5}
+
+
+@dataclass(frozen=True)
+class Host:
+    """One machine of the lab: a network namespace with eth0 plugged into the switch."""
+
+    name: str
+    netns: str
+    ip: str
+    port: str  # the other end of its eth0: a port of br0, in the bridge namespace
+    dir: Path
+
+    @property
+    def host_key(self) -> Path:
+        """sshd's private host key (the public one is next to it, `.pub`)."""
+        return self.dir / "ssh_host_ed25519_key"
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.dir / "sshd_config"
+
+    def pid_file(self, process: str) -> Path:
+        return self.dir / f"{process}.pid"
+
+    def log(self, process: str) -> Path:
+        return self.dir / f"{process}.log"
+
+
+@dataclass(frozen=True)
+class Node(Host):
+    """A Raspberry Pi: a host with a boot partition, a home and an agent."""
+
+    mac: str
+    index: int
+
+    @property
+    def boot_dir(self) -> Path:
+        return self.dir / "boot"
+
+    @property
+    def config(self) -> Path:
+        return self.boot_dir / CONFIG_NAME
+
+    @property
+    def ssh_key(self) -> Path:
+        """The cluster's private key, as it sits on this node's boot partition."""
+        return self.boot_dir / KEY_NAME
+
+    @property
+    def home(self) -> Path:
+        return self.dir / "home"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.log("agent")
+
+    def settings(self) -> Settings:
+        return Settings.load(self.config)
+
+
+def render_sshd_config(host: Host, authorized_keys: Path) -> str:
+    """An sshd of the host's own: its address, key and pid file; root by key only."""
+    return "\n".join([
+        f"# sshd of lab host {host.name} (written by picluster lab)",
+        f"ListenAddress {host.ip}",
+        f"HostKey {host.host_key}",
+        f"PidFile {host.pid_file('sshd')}",
+        "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        f"AuthorizedKeysFile {authorized_keys}",
+        # The lab lives under /tmp, whose permissions StrictModes refuses.
+        "StrictModes no",
+        "PrintMotd no",
+        "Subsystem sftp internal-sftp",
+        "",
+    ])
+
+
+def render_node_config(node: Node, repo: str, *, master: bool, fast: bool) -> str:
+    """The boot config (picluster.conf) of a lab node: what prepare-boot writes for a Pi,
+    then the lab's settings (render_lab_settings); keys as in picluster.settings."""
+    return boot_config(repo, master=master, hostname=node.name) + \
+        render_lab_settings(node, fast=fast)
+
+
+def render_lab_settings(node: Node, *, fast: bool) -> str:
+    """The lines the lab adds to a node's boot config: where the node's own disk is.  A Pi
+    keeps these at their defaults (/var/lib/picluster, ~root/.ssh, /etc, its sshd's key);
+    lab nodes share this machine's file system, so `boot` must write only into the node's
+    own directory.  With `fast`, also the lab's quick timings."""
+    values: dict[str, object] = {
+        "home": node.home,
+        "interface": "eth0",
+        "host_key": f"{node.host_key}.pub",
+        "user_ssh_dir": node.dir / "root" / ".ssh",
+        "etc_dir": node.dir / "etc",
+    }
+    if fast:
+        values.update(FAST_TIMINGS)
+    return "".join(f"{key} = {value}\n" for key, value in values.items())
