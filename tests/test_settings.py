@@ -31,8 +31,10 @@ def test_parse_reads_keys_types_and_comments(tmp_path: Path) -> None:
 
 def test_defaults_live_in_one_place() -> None:
     settings = Settings.parse("repo = /x\n")
-    keys = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
+    declared = [f for f in dataclasses.fields(Settings) if f.name != "source"]
+    keys = [f.name for f in declared]
     assert list(DEFAULTS) == keys
+    assert all(f.metadata["help"] for f in declared)  # each key says what it is for
     for key in keys[1:]:  # all but repo, which has no default
         assert getattr(settings, key) == DEFAULTS[key]
     assert settings.master_grace == 300 and settings.poll_interval == 30
