@@ -1,19 +1,24 @@
-"""Settings: the boot config, its defaults, and every local path a node uses.
+"""Settings: the boot config, its keys and defaults, and every local path a node uses.
 
 The boot config is `key = value` lines (``#`` starts a comment), so a person can edit
-it on a FAT boot partition with any editor. Every default lives in ``DEFAULTS`` below;
-every path a node uses derives from ``home`` through the ``Settings`` properties.
+it on a FAT boot partition with any editor.  Each key is declared once, as a field of
+``Settings``: its type, default, parser (with its bounds) and a one-line help.  The
+parser, ``DEFAULTS`` and the README's table check all read those declarations; every
+path a node uses derives from ``home`` through the ``Settings`` properties.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from picluster.layout import normalize_mac, valid_hostname
 
@@ -22,42 +27,10 @@ __all__ = ["DEFAULTS", "DEFAULT_CONFIG", "ConfigError", "Settings", "config_path
 DEFAULT_CONFIG = Path("/boot/picluster.conf")
 # Raspberry Pi OS Bookworm and later mount the boot partition at /boot/firmware.
 _BOOT_CONFIGS = (Path("/boot/firmware/picluster.conf"), DEFAULT_CONFIG)
+# The seed's one-line config said PI_repo_addr=<url>.
+_ALIASES = {"pi_repo_addr": "repo"}
 
-# The one place defaults are documented.  Durations are seconds.
-DEFAULTS: dict[str, object] = {
-    "repo": None,  # git URL or path of the cluster repository (required)
-    "home": "/var/lib/picluster",  # state dir: clone, huey database, rendered files
-    "branch": "main",  # the branch that holds the cluster's state
-    "interface": "eth0",  # identity: MAC and IPv4 are read from this interface
-    "mac": None,  # pin the MAC (tests, odd hardware); else read from `interface`
-    "ip": None,  # pin the IPv4; else read from `interface`
-    "master": False,  # true: the operator designated this node as master
-    "hostname": None,  # hostname to set at first boot (prepare-boot --hostname)
-    "ssh_key": None,  # cluster private key: git over ssh, Ansible, mpirun
-    "host_key": "/etc/ssh/ssh_host_ed25519_key.pub",  # this node's sshd key, for known_hosts
-    "signing_key": None,  # private key that `enqueue` signs tasks with
-    "signer": "operator",  # the name tasks are signed as: its entry in allowed_signers
-    "user": None,  # local account that runs the agent and owns the keys (None: root)
-    # `boot` installs the cluster key here as `user`'s identity and authorized key (None:
-    # ~user/.ssh).  The lab points this and etc_dir into each node's own directory.
-    "user_ssh_dir": None,
-    "etc_dir": "/etc",  # `boot` installs picluster.service here, on nodes that run systemd
-    "workers": 2,  # huey consumer threads
-    "poll_interval": 30.0,  # every node polls git this often
-    "master_grace": 300.0,  # the master waits this long before its first poll
-    "ping_interval": 60.0,  # the master pings every node this often
-    "prune_after": 3,  # consecutive failed pings before a node is pruned
-    "ping_timeout": 5.0,  # ssh ConnectTimeout of one ping
-    "log_level": "info",
-}
-
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
-               "false": False, "no": False, "off": False, "0": False}
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATIONS = {"poll_interval", "master_grace", "ping_interval", "ping_timeout"}
-_POSITIVE_INTS = {"workers", "prune_after"}
-_PATHS = {"home", "ssh_key", "signing_key", "host_key", "user_ssh_dir", "etc_dir"}
-_LOG_LEVELS = {"debug", "info", "warning", "error"}
+Parser = Callable[[str], Any]
 
 
 class ConfigError(ValueError):
@@ -80,13 +53,34 @@ def config_path(explicit: str | Path | None = None) -> Path:
     return next((path for path in _BOOT_CONFIGS if path.exists()), DEFAULT_CONFIG)
 
 
-def _parse_value(key: str, raw: str) -> object:
-    """Turn the text after `=` into the typed value of `key`; ValueError says why not."""
-    if key == "master":
-        if raw.lower() not in _BOOL_WORDS:
-            raise ValueError(f"'{raw}' is not a boolean; use true or false")
-        return _BOOL_WORDS[raw.lower()]
-    if key in _DURATIONS:
+# -- parsers: the text after `=` to a typed value; ValueError says why not ------------------
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _text(raw: str) -> str:
+    if not raw:
+        raise ValueError("no value; give one or delete the line")
+    return raw
+
+
+def _path(raw: str) -> Path:
+    """A path; `Settings.parse` makes a relative one relative to the config file."""
+    return Path(_text(raw)).expanduser()
+
+
+def _boolean(raw: str) -> bool:
+    if raw.lower() not in _BOOL_WORDS:
+        raise ValueError(f"'{raw}' is not a boolean; use true or false")
+    return _BOOL_WORDS[raw.lower()]
+
+
+def _duration(*, zero: bool = False) -> Callable[[str], float]:
+    """Seconds: `30`, `30s`, `5m` or `1h`; finite, more than 0 (or 0 too, with `zero`)."""
+
+    def parse(raw: str) -> float:
         number, scale = raw, 1.0
         if raw and raw[-1].lower() in _DURATION_UNITS:
             number, scale = raw[:-1], _DURATION_UNITS[raw[-1].lower()]
@@ -97,68 +91,115 @@ def _parse_value(key: str, raw: str) -> object:
         except ValueError:
             raise ValueError(f"'{raw}' is not a duration; use seconds, e.g. 30 or 30s or 5m") \
                 from None
-        if seconds < 0 or (seconds == 0 and key != "master_grace"):
+        if seconds < 0 or (seconds == 0 and not zero):
             raise ValueError(f"'{raw}' must be more than 0")
         return seconds
-    if key in _POSITIVE_INTS:
-        if not raw.isdigit() or int(raw) < 1:
-            raise ValueError(f"'{raw}' is not a whole number of at least 1")
-        return int(raw)
-    if key == "mac":
-        return normalize_mac(raw)
-    if key == "ip":
-        import ipaddress
 
-        try:
-            return str(ipaddress.IPv4Address(raw))
-        except ValueError:
-            raise ValueError(f"'{raw}' is not an IPv4 address, e.g. 198.18.0.11") from None
-    if key == "hostname" and not valid_hostname(raw):
+    return parse
+
+
+def _whole(*, at_least: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not raw.isdigit() or int(raw) < at_least:
+            raise ValueError(f"'{raw}' is not a whole number of at least {at_least}")
+        return int(raw)
+
+    return parse
+
+
+def _ipv4(raw: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(raw))
+    except ValueError:
+        raise ValueError(f"'{raw}' is not an IPv4 address, e.g. 198.18.0.11") from None
+
+
+def _hostname(raw: str) -> str:
+    if not valid_hostname(raw):
         raise ValueError(f"'{raw}' is not a host name: up to 63 letters, digits and inner "
                          "hyphens, e.g. pi-3")
-    if key == "log_level":
-        if raw.lower() not in _LOG_LEVELS:
-            raise ValueError(f"'{raw}' is not one of {', '.join(sorted(_LOG_LEVELS))}")
-        return raw.lower()
-    if not raw:
-        raise ValueError("no value; give one or delete the line")
     return raw
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError(f"'{raw}' is not one of {', '.join(sorted(options))}")
+        return raw.lower()
+
+    return parse
+
+
+# -- declaring a key ----------------------------------------------------------------------
+
+
+def _key(parse: Parser, help: str) -> dict[str, object]:
+    """What a `Settings` field needs to be a boot-config key: the parser of its value
+    (bounds included) and a line on what it is for."""
+    return {"parse": parse, "help": help}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a node (or a CLI user) is configured with.  Build with `Settings.load`."""
+    """Everything a node (or a CLI user) is configured with.  Build with `Settings.load`.
 
-    repo: str
-    home: Path = Path(str(DEFAULTS["home"]))
-    branch: str = str(DEFAULTS["branch"])
-    interface: str = str(DEFAULTS["interface"])
-    mac: str | None = None
-    ip: str | None = None
-    master: bool = False
-    hostname: str | None = None
-    ssh_key: Path | None = None
-    host_key: Path = Path(str(DEFAULTS["host_key"]))
-    signing_key: Path | None = None
-    signer: str = str(DEFAULTS["signer"])
-    user: str | None = None
-    user_ssh_dir: Path | None = None
-    etc_dir: Path = Path(str(DEFAULTS["etc_dir"]))
-    workers: int = int(DEFAULTS["workers"])  # type: ignore[call-overload]
-    poll_interval: float = float(DEFAULTS["poll_interval"])  # type: ignore[arg-type]
-    master_grace: float = float(DEFAULTS["master_grace"])  # type: ignore[arg-type]
-    ping_interval: float = float(DEFAULTS["ping_interval"])  # type: ignore[arg-type]
-    prune_after: int = int(DEFAULTS["prune_after"])  # type: ignore[call-overload]
-    ping_timeout: float = float(DEFAULTS["ping_timeout"])  # type: ignore[arg-type]
-    log_level: str = str(DEFAULTS["log_level"])
-    source: Path | None = field(default=None, compare=False)
+    Each field but `source` is a boot-config key: its type, its default (none: the key is
+    required) and, through `_key`, its parser and help.  Durations are seconds.  The order
+    of the fields is the order an `unknown key` error lists the keys in.
+    """
+
+    repo: str = field(metadata=_key(_text, "git URL or path of the cluster repository"))
+    home: Path = field(default=Path("/var/lib/picluster"), metadata=_key(
+        _path, "state dir: clone, huey database, rendered files"))
+    branch: str = field(default="main", metadata=_key(
+        _text, "the branch that holds the cluster's state"))
+    interface: str = field(default="eth0", metadata=_key(
+        _text, "identity: MAC and IPv4 are read from this interface"))
+    mac: str | None = field(default=None, metadata=_key(
+        normalize_mac, "pin the MAC (tests, odd hardware); else read from `interface`"))
+    ip: str | None = field(default=None, metadata=_key(
+        _ipv4, "pin the IPv4; else read from `interface`"))
+    master: bool = field(default=False, metadata=_key(
+        _boolean, "true: the operator designated this node as master"))
+    hostname: str | None = field(default=None, metadata=_key(
+        _hostname, "hostname to set at first boot (prepare-boot --hostname)"))
+    ssh_key: Path | None = field(default=None, metadata=_key(
+        _path, "cluster private key: git over ssh, Ansible, mpirun"))
+    host_key: Path = field(default=Path("/etc/ssh/ssh_host_ed25519_key.pub"), metadata=_key(
+        _path, "this node's sshd key, for known_hosts"))
+    signing_key: Path | None = field(default=None, metadata=_key(
+        _path, "private key that `enqueue` signs tasks with"))
+    signer: str = field(default="operator", metadata=_key(
+        _text, "the name tasks are signed as: its entry in allowed_signers"))
+    user: str | None = field(default=None, metadata=_key(
+        _text, "local account that runs the agent and owns the keys (None: root)"))
+    # The lab points user_ssh_dir and etc_dir into each node's own directory.
+    user_ssh_dir: Path | None = field(default=None, metadata=_key(
+        _path, "`boot` installs the cluster key here as `user`'s identity and authorized "
+               "key (None: ~user/.ssh)"))
+    etc_dir: Path = field(default=Path("/etc"), metadata=_key(
+        _path, "`boot` installs picluster.service here, on nodes that run systemd"))
+    workers: int = field(default=2, metadata=_key(_whole(at_least=1), "huey consumer threads"))
+    poll_interval: float = field(default=30.0, metadata=_key(
+        _duration(), "every node polls git this often"))
+    master_grace: float = field(default=300.0, metadata=_key(
+        _duration(zero=True), "the master waits this long before its first poll"))
+    ping_interval: float = field(default=60.0, metadata=_key(
+        _duration(), "the master pings every node this often"))
+    prune_after: int = field(default=3, metadata=_key(
+        _whole(at_least=1), "consecutive failed pings before a node is pruned"))
+    ping_timeout: float = field(default=5.0, metadata=_key(
+        _duration(), "ssh ConnectTimeout of one ping"))
+    log_level: str = field(default="info", metadata=_key(
+        _choice("debug", "info", "warning", "error"), "how much the agent logs"))
+    source: Path | None = field(default=None, compare=False)  # the file it was read from
 
     # -- loading ---------------------------------------------------------------------
 
     @classmethod
     def parse(cls, text: str, source: Path | str = "<config>") -> Settings:
         """Parse boot-config text; raise ConfigError naming file, line and key."""
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         seen: dict[str, int] = {}
         for number, line in enumerate(text.splitlines(), start=1):
             stripped = line.split("#", 1)[0].strip()
@@ -169,34 +210,30 @@ class Settings:
                                   f"'{stripped}' is not 'key = value'")
             key, raw = (part.strip() for part in stripped.split("=", 1))
             key = key.lower().replace("-", "_")
-            # The seed's one-line config said PI_repo_addr=<url>.
-            if key == "pi_repo_addr":
-                key = "repo"
-            if key not in DEFAULTS:
-                close = difflib.get_close_matches(key, DEFAULTS, n=1)
+            key = _ALIASES.get(key, key)
+            if key not in _PARSERS:
+                close = difflib.get_close_matches(key, _PARSERS, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else \
-                    f"; known keys: {', '.join(DEFAULTS)}"
+                    f"; known keys: {', '.join(_PARSERS)}"
                 raise ConfigError(source, number, key, f"unknown key{hint}")
             if key in seen:
                 raise ConfigError(source, number, key,
                                   f"set twice (first on line {seen[key]}); keep one")
             raw = raw.strip().strip('"').strip("'")
             try:
-                values[key] = _parse_value(key, raw)
+                value = _PARSERS[key](raw)
             except ValueError as error:
                 raise ConfigError(source, number, key, str(error)) from None
+            # Relative paths are relative to the config file, not to the cwd.
+            if isinstance(value, Path) and not value.is_absolute() and \
+                    isinstance(source, Path):
+                value = source.parent / value
+            values[key] = value
             seen[key] = number
         if "repo" not in values:
             raise ConfigError(source, None, "repo",
                               "missing; add a line 'repo = <git URL or path>'")
-        for key in _PATHS:
-            if key in values:
-                path = Path(str(values[key])).expanduser()
-                # Relative paths are relative to the config file, not to the cwd.
-                if not path.is_absolute() and isinstance(source, Path):
-                    path = source.parent / path
-                values[key] = path
-        return cls(source=Path(source), **values)  # type: ignore[arg-type]
+        return cls(source=Path(source), **values)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Settings:
@@ -216,8 +253,8 @@ class Settings:
             raise ConfigError(source, None, None, f"cannot be read: {error.strerror}") from None
         return cls.parse(text, source)
 
-    def replace(self, **changes: object) -> Settings:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
 
     # -- paths: every local file a node uses ------------------------------------------
 
@@ -295,3 +332,10 @@ class Settings:
         if self.ssh_key:
             parts += ["-i", str(self.ssh_key), "-o", "IdentitiesOnly=yes"]
         return shlex.join(parts)
+
+
+_KEYS = [key for key in dataclasses.fields(Settings) if "parse" in key.metadata]
+_PARSERS: dict[str, Parser] = {key.name: key.metadata["parse"] for key in _KEYS}
+# Every key's default (None: none, or required).  Durations are seconds.
+DEFAULTS: dict[str, object] = {
+    key.name: None if key.default is dataclasses.MISSING else key.default for key in _KEYS}

@@ -39,7 +39,8 @@ def test_bad_tasks_are_rejected_with_the_reason(cluster: Cluster) -> None:
         Put(f"{folder}/tampered.json", tampered.to_json()),
         Put(f"{folder}/malformed.json", '{"id": "malformed",\n  oops}'),
         Put(f"{folder}/sneaky.json", escaping.to_json()),
-        Put(f"{folder}/moved.json", replace(signed_elsewhere, id="moved").to_json()),
+        # Signed for node 2 and copied into node 1's queue as it is: only the address is wrong.
+        Put(f"{folder}/{signed_elsewhere.id}.json", signed_elsewhere.to_json()),
         Put(f"{folder}/notes.txt", "hello"),
     ], "bad tasks")
     found = rejections(cluster)
@@ -48,7 +49,9 @@ def test_bad_tasks_are_rejected_with_the_reason(cluster: Cluster) -> None:
     assert "does not verify" in found["tampered.json"]
     assert "line 2 column 3" in found["malformed.json"]
     assert "field 'id' is '../../../etc/cron.d/x'" in found["sneaky.json"]
-    assert "but it is in" in found["moved.json"] or "does not verify" in found["moved.json"]
+    assert found[f"{signed_elsewhere.id}.json"] == (
+        f"{folder}/{signed_elsewhere.id}.json: addressed to node {mac_of(2)}, "
+        f"but it is in {NODE}'s queue")
     assert "named <id>.json" in found["notes.txt"]
     assert f"{signed_good.id}.json" not in found
 

@@ -1,9 +1,13 @@
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 from helpers import run_cli
 
 from picluster.settings import DEFAULTS, ConfigError, Settings, config_path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_parse_reads_keys_types_and_comments(tmp_path: Path) -> None:
@@ -27,10 +31,64 @@ def test_parse_reads_keys_types_and_comments(tmp_path: Path) -> None:
 
 def test_defaults_live_in_one_place() -> None:
     settings = Settings.parse("repo = /x\n")
-    for key in ("branch", "interface", "poll_interval", "master_grace", "ping_interval",
-                "prune_after", "workers"):
+    declared = [f for f in dataclasses.fields(Settings) if f.name != "source"]
+    keys = [f.name for f in declared]
+    assert list(DEFAULTS) == keys
+    assert all(f.metadata["help"] for f in declared)  # each key says what it is for
+    for key in keys[1:]:  # all but repo, which has no default
         assert getattr(settings, key) == DEFAULTS[key]
     assert settings.master_grace == 300 and settings.poll_interval == 30
+    assert Settings(repo="/x") == settings
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("30", 30.0), ("30s", 30.0), ("5m", 300.0),
+                                              ("1h", 3600.0), ("0.5", 0.5)])
+def test_durations_take_seconds_or_a_unit(raw: str, seconds: float) -> None:
+    assert Settings.parse(f"repo = /x\nping_interval = {raw}\n").ping_interval == seconds
+
+
+def test_only_master_grace_may_be_zero() -> None:
+    assert Settings.parse("repo = /x\nmaster_grace = 0\n").master_grace == 0
+    with pytest.raises(ConfigError, match="'0' must be more than 0"):
+        Settings.parse("repo = /x\npoll_interval = 0\n")
+
+
+# What the README's boot-config table shows for a key without a default: what it means.
+_UNSET_SHOWN = {"mac": "(read)", "ip": "(read)", "user": "(root)", "user_ssh_dir": "~user/.ssh"}
+
+
+def _shown(key: str, default: object) -> str:
+    """A declared default as the README's table writes it."""
+    if default is None:
+        required = next(f for f in dataclasses.fields(Settings) if f.name == key).default \
+            is dataclasses.MISSING
+        return "(required)" if required else _UNSET_SHOWN.get(key, "")
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
+def _readme_table() -> dict[str, str]:
+    """Key -> default cell of the README's boot-config table, without backticks.  A row
+    may list several keys; its default cell gives one default for all, or one each."""
+    section = README.read_text().split("\n## The boot config\n", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, str] = {}
+    for row in re.findall(r"^\| *`.*$", section, re.MULTILINE):
+        keys_cell, default_cell = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        keys = [k.strip(" `") for k in keys_cell.split(",")]
+        defaults = [d.strip(" `") for d in default_cell.split(",")]
+        if len(defaults) != len(keys):
+            defaults = [default_cell.strip(" `")] * len(keys)
+        for key, default in zip(keys, defaults, strict=True):
+            assert key not in table, f"README lists {key} twice"
+            table[key] = default
+    return table
+
+
+def test_readme_lists_every_key_with_its_default() -> None:
+    assert _readme_table() == {key: _shown(key, value) for key, value in DEFAULTS.items()}
 
 
 def test_seed_style_config_is_accepted() -> None:
@@ -46,6 +104,10 @@ def test_seed_style_config_is_accepted() -> None:
     ("repo = /x\nping_interval = 1e999\n", 2, "ping_interval", "not a duration"),
     ("repo = /x\nmac = 12:34\n", 2, "mac", "not a MAC"),
     ("repo = /x\nip = 300.1.1.1\n", 2, "ip", "not an IPv4"),
+    ("repo = /x\nworkers = 0\n", 2, "workers", "not a whole number of at least 1"),
+    ("repo = /x\nhostname = -pi\n", 2, "hostname", "not a host name"),
+    ("repo = /x\nlog_level = loud\n", 2, "log_level", "not one of debug, error, info, warning"),
+    ("repo = /x\nbranch =\n", 2, "branch", "no value; give one or delete the line"),
     ("repo = /x\nrepo = /y\n", 2, "repo", "set twice"),
     ("home = /x\n", None, "repo", "missing"),
     ("repo /x\n", 1, None, "not 'key = value'"),
