@@ -24,19 +24,22 @@ from picluster.gitstore.errors import GitError, RemoteMoved, last_line, push_err
 from picluster.gitstore.snapshot import Snapshot
 from picluster.retry import backoffs, retry
 
-__all__ = ["Clone", "environment", "init_bare"]
+__all__ = ["LOCALE", "Clone", "environment", "init_bare"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# picluster reads what git says ("couldn't find remote ref", push status lines), so git
+# must say it in its own words, not translated.
+LOCALE = {"LC_ALL": "C", "LANGUAGE": ""}
 _WORK_REF = "refs/picluster/work"  # where fast-import leaves the commit about to be pushed
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 
 def environment(name: str, email: str, ssh_command: str | None = None) -> dict[str, str]:
-    """The environment of every git process: who commits, no prompts."""
-    env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+    """The environment of every git process: the C locale, who commits, no prompts."""
+    env = {**LOCALE, "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email,
            "GIT_TERMINAL_PROMPT": "0"}
     if ssh_command:
