@@ -1,13 +1,17 @@
+import os
+import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import git as gitpython
 import pytest
 from helpers import Cluster
 
 from picluster.gitstore import ClusterRepo, Create, GitError, Put, Remove, Snapshot, init_bare
+from picluster.gitstore.errors import RemoteMoved, push_error
 
 
 def clone(cluster: Cluster, name: str, **options: Any) -> ClusterRepo:
@@ -144,6 +148,74 @@ def test_a_push_the_remote_declines_fails_at_once(cluster: Cluster) -> None:
     hook.chmod(0o755)
     repo = clone(cluster, "a", deadline=60)
     started = time.monotonic()
-    with pytest.raises(GitError, match="cannot push"):
+    with pytest.raises(GitError, match="cannot push") as refused:
         repo.transact(lambda _: [Put("x", "1\n")], "declined")
     assert time.monotonic() - started < 10  # not retried until the deadline
+    assert "pre-receive hook declined (read-only cluster)" in str(refused.value)
+
+
+def _push_failed(status: str, stderr: str = "") -> RemoteMoved | GitError:
+    """What push_error makes of a `git push --porcelain` that printed `status`."""
+    stderr = stderr or "error: failed to push some refs to '/srv/cluster.git'"
+    error = gitpython.GitCommandError(["git", "push"], 1, stderr.encode(),
+                                      f"To /srv/cluster.git\n{status}\nDone".encode())
+    return push_error("/srv/cluster.git", error)
+
+
+@pytest.mark.parametrize("status", [
+    "!\tabc:refs/heads/main\t[rejected] (fetch first)\n"
+    "!\t(delete):refs/picluster/inbox/1-a\t[rejected] (stale info)",
+    "!\tabc:refs/heads/main\t[rejected] (non-fast-forward)\n"
+    "!\t(delete):refs/picluster/inbox/1-a\t[rejected] (atomic push failed)",
+    "!\tabc:refs/heads/main\t[remote rejected] (atomic transaction failed)\n"
+    "!\t:refs/picluster/inbox/1-a\t[remote rejected] (atomic transaction failed)",
+    "!\tabc:refs/picluster/inbox/1-a\t[remote rejected] (failed to update ref)",
+])
+def test_a_push_refused_because_the_remote_moved_is_worth_another_try(status: str) -> None:
+    assert isinstance(_push_failed(status), RemoteMoved)
+
+
+@pytest.mark.parametrize(("status", "stderr", "said"), [
+    ("!\tabc:refs/heads/main\t[remote rejected] (pre-receive hook declined)\n"
+     "!\t:refs/picluster/inbox/1-a\t[remote rejected] (pre-receive hook declined)",
+     "remote: read-only cluster        \nerror: failed to push some refs to 'x'",
+     "refs/heads/main: pre-receive hook declined; refs/picluster/inbox/1-a: pre-receive "
+     "hook declined (read-only cluster)"),
+    ("!\tabc:refs/heads/main\t[remote rejected] (hook declined)\n"
+     "!\t:refs/picluster/inbox/1-a\t[remote rejected] (atomic push failure)", "",
+     "refs/heads/main: hook declined"),
+    ("!\tabc:refs/heads/main\t[remote rejected] (protected branch hook declined)\n"
+     "!\t(delete):refs/picluster/inbox/1-a\t[rejected] (stale info)",
+     "remote: error: GH006: Protected branch update failed for refs/heads/main.",
+     "protected branch hook declined; refs/picluster/inbox/1-a: stale info (error: GH006"),
+    ("", "ERROR: Permission to pi/cluster.git denied to node.\n"
+     "fatal: Could not read from remote repository.\n\nPlease make sure you have the "
+     "correct access rights", "fatal: Could not read from remote repository."),
+])
+def test_a_push_the_remote_refuses_fails_in_its_own_words(status: str, stderr: str,
+                                                          said: str) -> None:
+    error = _push_failed(status, stderr)
+    assert isinstance(error, GitError)
+    assert str(error).startswith("cannot push to /srv/cluster.git: ") and said in str(error)
+
+
+def test_every_git_process_runs_in_the_c_locale(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # picluster reads what git says: a translated git must not change what it means.
+    seen, wrapper = tmp_path / "seen", tmp_path / "bin" / "git"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$1 LC_ALL=${{LC_ALL-unset}} '
+                       f'LANGUAGE=${{LANGUAGE-unset}}" >> {seen}\n'
+                       f'exec {shutil.which("git")} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
+    monkeypatch.setenv("LANGUAGE", "de")
+    init_bare(tmp_path / "cluster.git", {"a": "1\n"}, "init")
+    repo = ClusterRepo(str(tmp_path / "cluster.git"), tmp_path / "clone", writer="a")
+    assert repo.transact([Put("b", "1\n")], "through the inbox").commit
+    assert repo.transact(lambda _: [Put("c", "1\n")], "compare-and-set").commit
+    runs = seen.read_text().splitlines()
+    assert {"init", "commit", "fetch", "ls-remote", "fast-import", "push"} <= \
+        {run.split()[0] for run in runs}
+    assert all(run.endswith(" LC_ALL=C LANGUAGE=") for run in runs), runs

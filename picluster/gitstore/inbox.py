@@ -1,0 +1,232 @@
+"""The inbox: ops published as intents that whoever pushes main next carries into it.
+
+A list of ops is first published as an *intent* on a ref of its own,
+``refs/picluster/inbox/<id>``: a push nobody else contends for.  Whoever pushes main
+next carries every pending intent into its commit and deletes the carried refs in the
+same atomic push.  Writers therefore help each other instead of fighting for the tip: a
+storm of N registrations costs about N + a few pushes, not N².  The oldest fresh
+intent's writer carries first, the others wait briefly for it.
+
+Readers of main see only the cluster's files; intents never reach main as such.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from picluster.gitstore.clone import Clone
+from picluster.gitstore.errors import GitError, RemoteMoved
+from picluster.gitstore.ops import Files, Op, affected, decode_ops, encode_ops
+from picluster.retry import backoffs
+
+__all__ = ["INBOX", "Intent", "TransactResult", "carry_orphans", "land", "pending", "submit"]
+
+log = logging.getLogger(__name__)
+
+INBOX = "refs/picluster/inbox"
+# An intent older than this whose writer has not carried it is an orphan (its writer
+# died); any writer carries it, so it never blocks the queue.  Twice _PATIENCE: a live
+# writer carries its own intent by then at the latest, so only the dead get this old.
+_ORPHAN_AFTER = 10.0
+# A writer that is not first in the inbox carries itself once main has not moved for
+# this long: the carrier it waited for has died.  Generous, because a carrier that is
+# merely slow (a loaded server) must not be joined by every writer at once.
+_PATIENCE = 5.0
+# After its own intent landed, a carrier goes on carrying newcomers this long: long
+# enough to take in the stragglers of a storm, short enough that its caller (a
+# registration, a task outcome) is not held up noticeably.
+_DRAIN = 2.0
+
+
+@dataclass(frozen=True)
+class TransactResult:
+    """What a transaction did: the commit it landed in (None: nothing to change)."""
+
+    commit: str | None
+    attempts: int = 0  # pushes this writer made (intent ref + main)
+    carried: int = 0  # other writers' intents this writer carried into main
+    changed: tuple[str, ...] = ()  # paths this writer's own ops change
+
+
+@dataclass(frozen=True, order=True)
+class Intent:
+    """A pending change on its own inbox ref."""
+
+    ref: str
+    sha: str
+    created: float  # epoch seconds, from the ref's name
+
+    @classmethod
+    def named(cls, ref: str, sha: str) -> Intent:
+        stamp = ref.rsplit("/", 1)[-1].split("-", 1)[0]
+        return cls(ref, sha, int(stamp) / 1000 if stamp.isdigit() else 0.0)
+
+    @property
+    def age(self) -> float:
+        return time.time() - self.created
+
+
+def pending(clone: Clone, give_up: float) -> tuple[str, list[Intent]]:
+    """The remote's tip and its inbox, oldest first; retried until `give_up`."""
+    main = f"refs/heads/{clone.branch}"
+    refs = clone.ls_remote(give_up, main, f"{INBOX}/*")
+    intents = [Intent.named(ref, sha) for ref, sha in refs.items()
+               if ref.startswith(INBOX + "/")]
+    return refs.get(main, ""), sorted(intents)
+
+
+def land(clone: Clone, tip: str, ops: Sequence[Op], message: str,
+         intents: Sequence[Intent], mine: str | None = None) -> str | None:
+    """Commit every intent, then `ops`, on `tip`; push main and drop the intents' refs.
+
+    One atomic push: main moves and the carried refs go, or nothing happens.  Returns
+    the new tip (`tip` itself when nothing changed), None when the remote moved.
+    `mine`, the writer's own intent, lands under `message` rather than as carried.
+    """
+    new_tip = _commit(clone, tip, ops, message, intents, mine)
+    refspecs = [f":{i.ref}" for i in intents]
+    if new_tip != tip:
+        refspecs.insert(0, f"{new_tip}:refs/heads/{clone.branch}")
+    if refspecs:
+        leases = [f"--force-with-lease={i.ref}:{i.sha}" for i in intents]
+        try:
+            clone.push(*leases, "--atomic", "origin", *refspecs)
+        except RemoteMoved:
+            return None
+    return new_tip
+
+
+def _commit(clone: Clone, tip: str, ops: Sequence[Op], message: str,
+            intents: Sequence[Intent], mine: str | None) -> str:
+    """Commit the intents, then `ops`, on top of `tip`; return the new sha, or `tip`
+    itself when nothing changed."""
+    files = Files(clone.snapshot(tip).read)
+    messages = []
+    for intent in intents:
+        carried_message, carried_ops = _read(clone, intent)
+        if files.apply(carried_ops) and intent.ref != mine:
+            messages.append(carried_message)
+    files.apply(ops)
+    changes = files.changed()
+    if not changes:
+        return tip
+    subject = message or (messages.pop(0) if messages else "carry changes")
+    if messages:
+        subject += f" (+{len(messages)} carried)"
+    return clone.commit(tip, changes, subject + "\n" + "".join(f"\n- {m}" for m in messages))
+
+
+def _read(clone: Clone, intent: Intent) -> tuple[str, tuple[Op, ...]]:
+    """The message and ops an intent carries; a malformed one carries nothing."""
+    try:
+        data = json.loads(clone.message(intent.sha).split("\n\n", 1)[1])
+        return str(data["message"]), tuple(decode_ops(data["ops"]))
+    except (IndexError, KeyError, TypeError, ValueError) as error:
+        # Dropped like any carried intent, with nothing applied: it can never apply.
+        log.warning("dropping malformed intent %s: %s", intent.ref, error)
+        return f"drop malformed intent {intent.ref}", ()
+
+
+def submit(clone: Clone, ops: tuple[Op, ...], message: str, give_up: float) -> TransactResult:
+    """Land `ops` through the inbox: publish them as an intent, then wait for another
+    writer to carry it, or carry it (and whatever else is pending) when it is this
+    writer's turn.  The caller holds the clone's lock."""
+    tip = clone.fetch_until(give_up)
+    changed = affected(clone.snapshot(tip).read, ops)
+    if not changed:
+        return TransactResult(None)
+    body = json.dumps({"message": message, "ops": encode_ops(ops)})
+    sha = clone.commit_text(f"intent: {message}\n\n{body}")
+    # The name sorts by creation time: the inbox is a FIFO.
+    mine = f"{INBOX}/{int(time.time() * 1000):015d}-{clone.writer}-{uuid.uuid4().hex[:8]}"
+    clone.push("origin", f"{sha}:{mine}")
+    tip, intents = _wait_for_turn(clone, mine, tip, message, give_up)
+    if all(i.ref != mine for i in intents):  # another writer carried it
+        clone.fetch_until(give_up)
+        return TransactResult(tip, 1, 0, changed)
+    return _carry(clone, mine, message, tip, intents, changed, give_up)
+
+
+def _wait_for_turn(clone: Clone, mine: str, tip: str, message: str,
+                   give_up: float) -> tuple[str, list[Intent]]:
+    """Wait, cheaply (ls-remote writes nothing), until another writer has carried `mine`
+    or it is this writer's turn: first in the inbox while nobody else is moving main, or
+    main has stood still too long (its carrier stalled).  The remote's tip and inbox then.
+    """
+    last_tip, last_move = tip, time.monotonic()
+    # Polls start at once (the carrier may be done already) and slow to one a second:
+    # each is a round trip to the server every waiting writer polls.
+    delays = itertools.chain([0.0], backoffs(first=0.1, cap=1.0, factor=2.0))
+    while True:
+        time.sleep(next(delays))
+        tip, intents = pending(clone, give_up)
+        if all(i.ref != mine for i in intents):
+            return tip, intents
+        if tip != last_tip:
+            # Someone is pushing main, and every push of main carries the inbox.
+            last_tip, last_move = tip, time.monotonic()
+            continue
+        fresh = [i.ref for i in intents if i.age <= _ORPHAN_AFTER] or [mine]
+        if fresh[0] == mine or time.monotonic() - last_move > _PATIENCE:
+            return tip, intents
+        _check(give_up, clone, message, 1, mine)
+
+
+def _carry(clone: Clone, mine: str, message: str, tip: str, intents: list[Intent],
+           changed: tuple[str, ...], give_up: float) -> TransactResult:
+    """This writer's turn: carry everything pending, its own intent included, then keep
+    draining for a moment, so one writer carries a whole storm."""
+    attempts, carried, landed, drain_until = 1, 0, None, None
+    remote_tip = tip
+    delays = backoffs()
+    while True:
+        delay = next(delays)
+        own = any(i.ref == mine for i in intents)
+        if not own and drain_until is None:
+            drain_until = time.monotonic() + _DRAIN
+        if not intents or (not own and time.monotonic() > (drain_until or 0)):
+            if remote_tip != clone.remote_tip():
+                clone.fetch_until(give_up)
+            return TransactResult(landed or remote_tip, attempts, carried, changed)
+        try:
+            tip = clone.fetch([i.ref for i in intents])
+        except RemoteMoved:  # an intent was carried meanwhile: read the inbox again
+            remote_tip, intents = pending(clone, give_up)
+            continue
+        attempts += 1
+        new_tip = land(clone, tip, (), message if own else "", intents, mine)
+        if new_tip is not None:
+            carried += len(intents) - own
+            landed = new_tip if own else landed
+        else:
+            _check(give_up, clone, message, attempts, mine)
+            time.sleep(delay)
+        remote_tip, intents = pending(clone, give_up)
+
+
+def _check(give_up: float, clone: Clone, message: str, attempts: int, mine: str) -> None:
+    if time.monotonic() > give_up:
+        raise GitError(
+            f"gave up waiting for '{message}' to land in {clone.url} after {attempts} "
+            f"pushes; it stays queued as {mine} and the next writer carries it")
+
+
+def carry_orphans(clone: Clone) -> TransactResult:
+    """Carry intents whose writers died before they landed.  The caller holds the
+    clone's lock."""
+    _, intents = pending(clone, time.monotonic())
+    orphans = [i for i in intents if i.age > _ORPHAN_AFTER]
+    if not orphans:
+        return TransactResult(None)
+    try:
+        tip = clone.fetch([i.ref for i in orphans])
+    except RemoteMoved:
+        return TransactResult(None)  # somebody else carried them
+    commit = land(clone, tip, (), "", orphans)
+    return TransactResult(commit, attempts=1, carried=0 if commit is None else len(orphans))
