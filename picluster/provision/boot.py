@@ -38,7 +38,8 @@ import yaml
 
 from picluster.files import install_file
 from picluster.gitstore import ClusterRepo, GitError
-from picluster.identity import IdentityError, facts, identify
+from picluster.identity import IdentityError, identify
+from picluster.node import reported_facts
 from picluster.registry import Registration, register
 from picluster.settings import ConfigError, Settings, config_path
 
@@ -384,7 +385,7 @@ def join(settings: Settings, *, timeout: float | None = None) -> Registration:
             repo = ClusterRepo.from_settings(settings, node.mac)
             if deadline is not None:  # git's own retries end when boot's do
                 repo.deadline = max(deadline - time.monotonic(), 0.0)
-            return register(repo, node, facts(settings), designated=settings.master)
+            return register(repo, node, reported_facts(settings), designated=settings.master)
         except (GitError, IdentityError) as error:
             problem = str(error).strip().splitlines()[-1]
             if deadline is not None and time.monotonic() + delay > deadline:
