@@ -14,8 +14,10 @@ from rich.table import Table
 from rich.text import Text
 
 from picluster import layout
+from picluster.ganglia import config_problems
 from picluster.gitstore import ClusterRepo, GitError, Put, Snapshot, init_bare
-from picluster.identity import IdentityError, facts, identify, writer_name
+from picluster.identity import IdentityError, identify, writer_name
+from picluster.node import reported_facts
 from picluster.provision import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
 from picluster.registry import read_cluster_vars, read_membership, register
@@ -120,7 +122,7 @@ def register_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     conf = settings(ctx)
     try:
         node = identify(conf)
-        result = register(ClusterRepo.from_settings(conf, node.mac), node, facts(conf),
+        result = register(ClusterRepo.from_settings(conf, node.mac), node, reported_facts(conf),
                           designated=conf.master)
     except IdentityError as error:
         fail(str(error), EXIT_USAGE)
@@ -236,7 +238,8 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
               "pending": len(pending_tasks(snapshot, m.mac))}
              for m in membership.members]
     # Everything in the repository that a person should fix, each with its fix.
-    problems = [*membership.problems, *read_cluster_vars(snapshot).problems,
+    cluster = read_cluster_vars(snapshot)
+    problems = [*membership.problems, *cluster.problems, *config_problems(cluster),
                 *read_signers(snapshot).problems]
     if as_json:
         print_json({"master": membership.master, "nodes": nodes, "problems": problems})

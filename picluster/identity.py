@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import platform
 import socket
@@ -87,21 +86,16 @@ def _model() -> str:
 
 
 def facts(settings: Settings) -> dict[str, object]:
-    """What a node reports about itself in local-vars/nodes/<mac>.yml: stable values only,
-    so an unchanged node makes no commit."""
+    """What a node is, as it reports it in local-vars/nodes/<mac>.yml: stable values only,
+    so an unchanged node makes no commit.  (The agent adds what its services report.)"""
     try:
         host_key = " ".join(settings.host_key.read_text().split()[:2])
     except OSError:
         host_key = None
-    try:
-        ganglia = json.loads(settings.ganglia_state.read_text())["digest"]
-    except (OSError, ValueError, KeyError):
-        ganglia = None  # not configured yet: the master will send a config
     return {
         "hostname": socket.gethostname(),
         "cores": os.cpu_count() or 1,
         "model": _model(),
         "host_key": host_key,
-        "ganglia": ganglia,
         "picluster": __version__,
     }

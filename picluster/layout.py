@@ -118,9 +118,10 @@ _CLUSTER_VARS = """\
 name: picluster
 # account Ansible and mpirun log in as on every node
 ssh_user: root
-ganglia:
-  gmond_port: 8649
-  gmetad_xml_port: 8651
+# Ganglia's ports, when the packages' defaults do not suit:
+# ganglia:
+#   gmond_port: <port>
+#   gmetad_xml_port: <port>
 """
 
 _ALLOWED_SIGNERS = """\

@@ -158,8 +158,8 @@ class ClusterVars:
 
     name: str = "picluster"
     ssh_user: str = "root"
-    gmond_port: int = 8649
-    gmetad_xml_port: int = 8651
+    # The `ganglia:` section as written; picluster.ganglia checks it, with its defaults.
+    ganglia: dict[str, object] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
 
 
@@ -173,9 +173,7 @@ def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
                                                    "defaults apply until it is fixed"),))
     data = data if isinstance(data, dict) else {}
     ganglia = data.get("ganglia") if isinstance(data.get("ganglia"), dict) else {}
-    values = {"name": data.get("name"), "ssh_user": data.get("ssh_user"),
-              "gmond_port": ganglia.get("gmond_port"),
-              "gmetad_xml_port": ganglia.get("gmetad_xml_port")}
+    values = {"name": data.get("name"), "ssh_user": data.get("ssh_user")}
     defaults = ClusterVars()
     chosen: dict[str, object] = {}
     for key, value in values.items():
@@ -190,12 +188,9 @@ def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
             problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be a plain name "
                             f"({_PLAIN[key].pattern}), not {value!r}; using {default!r}")
             continue
-        if isinstance(value, int) and not 0 < value < 65536:
-            problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be a port (1-65535), not "
-                            f"{value}; using {default}")
-            continue
         chosen[key] = value
-    return ClusterVars(**chosen, problems=tuple(problems))  # type: ignore[arg-type]
+    return ClusterVars(**chosen, ganglia=ganglia,  # type: ignore[arg-type]
+                       problems=tuple(problems))
 
 
 def _facts_text(mac: str, facts: dict[str, object]) -> str:

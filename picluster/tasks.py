@@ -1,4 +1,4 @@
-"""Tasks: the JSON schema of a task file, its outcome, and the catalogue of what a node runs.
+"""Tasks: the JSON schema of a task file, its outcome, and catalogues of what a node runs.
 
 A task file (``queue/<mac>/<id>.json``) is pretty-printed JSON a person can read::
 
@@ -7,7 +7,8 @@ A task file (``queue/<mac>/<id>.json``) is pretty-printed JSON a person can read
      "retries": 0, "signature": "-----BEGIN SSH SIGNATURE-----..."}
 
 The signature covers every other field (canonical JSON), the node included, so a task
-cannot be replayed to another node.  Only names in the `catalogue` ever run.
+cannot be replayed to another node.  Only names in a node's catalogue ever run: the
+built-ins here (`catalogue`: echo, sleep), and what `picluster.node.catalogue` adds.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class TaskContext:
 
     settings: Any
     task: Task
+    facts: Callable[[], dict[str, object]]  # what this node reports about itself, read now
     ops: list[Op] = field(default_factory=list)
 
     def include(self, ops: list[Op]) -> None:
@@ -168,8 +170,10 @@ TaskFunction = Callable[[dict[str, Any], TaskContext], Any]
 class Catalogue:
     """The task names a node runs; nothing outside it ever runs."""
 
-    def __init__(self) -> None:
-        self._tasks: dict[str, TaskFunction] = {}
+    def __init__(self, *bases: Catalogue) -> None:
+        """A catalogue of every task in `bases`; `task()` adds more."""
+        self._tasks: dict[str, TaskFunction] = {
+            name: function for base in bases for name, function in base._tasks.items()}
 
     def task(self, name: str) -> Callable[[TaskFunction], TaskFunction]:
         def decorator(function: TaskFunction) -> TaskFunction:
@@ -184,6 +188,7 @@ class Catalogue:
         return sorted(self._tasks)
 
 
+# The built-ins any catalogue starts from.
 catalogue = Catalogue()
 
 
@@ -199,33 +204,3 @@ def sleep(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     seconds = float(args.get("seconds", 1))
     time.sleep(seconds)
     return {"slept": seconds}
-
-
-@catalogue.task("register")
-def register(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
-    """Re-register now (new IP, fresh facts, or after being pruned)."""
-    from picluster.identity import facts, identify
-    from picluster.registry import registration_ops
-
-    node = identify(context.settings)
-    context.include(registration_ops(node, facts(context.settings)))
-    return {"mac": node.mac, "ip": node.ip}
-
-
-@catalogue.task("ganglia")
-def ganglia(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
-    """Apply the Ganglia config the master sent (its IP, ports, timings); the agent then
-    restarts gmond with it.  The node's facts report the config it now runs."""
-    import socket
-
-    from picluster.ganglia import GangliaConfig, apply, digest
-    from picluster.identity import facts, identify
-    from picluster.registry import registration_ops
-
-    config = GangliaConfig.from_args(args)
-    node = identify(context.settings)
-    changed = apply(context.settings, config, own_ip=node.ip, hostname=socket.gethostname(),
-                    is_master=False)
-    context.include(registration_ops(node, facts(context.settings)))
-    return {"changed": changed, "master_ip": config.master_ip,
-            "digest": digest(config.for_worker())}

@@ -1,6 +1,5 @@
 """The master's jobs against a real local repository; Ansible replaced by a script."""
 
-import datetime as dt
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -12,8 +11,7 @@ from picluster import ansible, layout
 from picluster.identity import NodeIdentity
 from picluster.lab import Lab
 from picluster.master import Master
-from picluster.master import jobs as master_module
-from picluster.node import Agent
+from picluster.master import health as master_module
 from picluster.registry import read_membership, register
 from picluster.settings import Settings
 
@@ -92,6 +90,27 @@ def test_a_node_that_misses_prune_after_pings_is_pruned(master: Master,
     assert ip_of(2) not in master.settings.hostfile.read_text()
 
 
+def test_a_pruned_node_leaves_the_local_views_before_its_prune_is_committed(
+        master: Master, monkeypatch: pytest.MonkeyPatch) -> None:
+    script_pings(monkeypatch, [{ip_of(3)}, {ip_of(3)}])
+    master.render()
+    assert ip_of(2) in master.settings.hostfile.read_text()
+    during_prune: list[str] = []
+    transact = master.repo.transact
+
+    def watch(change: object, message: str, **kwargs: object) -> object:
+        if message.startswith("prune"):
+            during_prune.append(master.settings.hostfile.read_text())
+        return transact(change, message, **kwargs)
+
+    monkeypatch.setattr(master.repo, "transact", watch)
+    master.ping()
+    assert master.ping().pruned == [mac_of(2)]
+    assert len(during_prune) == 1 and ip_of(2) not in during_prune[0]
+    assert ip_of(3) in during_prune[0]
+    assert ip_of(2) not in (master.repo.sync().read("hostfile") or "")  # then committed
+
+
 def test_a_master_whose_ip_is_not_its_own_pings_nobody(master: Master,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(master_module, "is_local", lambda ip: False)
@@ -153,45 +172,6 @@ def test_render_installs_commits_and_configures_ganglia_once(master: Master) -> 
     master.repo.sync()
     master.render()  # nothing changed: no commit, no second task
     assert master.repo.log(limit=1)[0]["commit"] == before
-
-
-def test_the_master_waits_for_its_grace_before_polling_or_pinging(cluster: Cluster) -> None:
-    start = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
-    now = [start]
-    settings = Settings.load(cluster.node_config(1, master_grace="5m", poll_interval=30))
-    agent = Agent(settings, clock=lambda: now[0])
-    agent.scheduler.start(paused=True)
-    try:
-        agent.is_master = True
-        agent.schedule()
-        grace_over = start + dt.timedelta(minutes=5)
-        assert agent.scheduler.get_job("poll").next_run_time == grace_over
-        assert agent.scheduler.get_job("ping").next_run_time == grace_over
-        assert agent.scheduler.get_job("reach").next_run_time == grace_over
-        # Losing the role stops the pings without a restart; regaining it after the
-        # grace pings at once.
-        agent.is_master = False
-        agent.schedule()
-        assert agent.scheduler.get_job("ping") is None
-        assert agent.scheduler.get_job("reach") is None
-        now[0] = start + dt.timedelta(minutes=7)
-        agent.is_master = True
-        agent.schedule()
-        assert agent.scheduler.get_job("ping").next_run_time == now[0]
-    finally:
-        agent.scheduler.shutdown(wait=False)
-
-
-def test_a_worker_polls_at_once(cluster: Cluster) -> None:
-    start = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
-    agent = Agent(Settings.load(cluster.node_config(2)), clock=lambda: start)
-    agent.scheduler.start(paused=True)
-    try:
-        agent.schedule()
-        assert agent.scheduler.get_job("poll").next_run_time == start
-        assert agent.scheduler.get_job("ping") is None
-    finally:
-        agent.scheduler.shutdown(wait=False)
 
 
 # -- end to end, on the lab (--fast: ping every 2 s, prune after 2, poll every 1 s) -------

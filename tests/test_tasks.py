@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from picluster.tasks import Outcome, Task, TaskError, catalogue, new_task_id
+from picluster.node import catalogue
+from picluster.tasks import Outcome, Task, TaskError, new_task_id
 
 GOOD = {"id": "t1", "node": "b827eb000001", "task": "echo", "args": {"msg": "hi"},
         "created_at": "2026-11-25T14:30:00Z", "producer": "operator", "signature": "sig"}

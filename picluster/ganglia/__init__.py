@@ -1,10 +1,36 @@
-"""Ganglia, in one place: its config, the text of gmond.conf and gmetad.conf, the digest
-nodes report, and the daemons the agent supervises.
+"""Ganglia, in one place: its config (ports, timings, digest), the text of gmond.conf and
+gmetad.conf, applying a config on a node (the `ganglia` task), the daemons the agent
+supervises, and the master's sending of configs to the workers.
 
-Builds on the registry and the queue; nothing below it knows Ganglia exists.
+Builds on the registry and the queue; nothing below it knows Ganglia exists, and it
+never schedules anything itself.
 """
 
-from picluster.ganglia.config import GangliaConfig, gmetad_conf, gmond_conf
-from picluster.ganglia.daemons import Daemons, apply, digest
+from picluster.ganglia.config import (
+    PORTS,
+    GangliaConfig,
+    cluster_config,
+    config_problems,
+    digest,
+)
+from picluster.ganglia.daemons import Daemons
+from picluster.ganglia.master import Sends, send
+from picluster.ganglia.node import TASK, applied_digest, apply, task
+from picluster.ganglia.text import gmetad_conf, gmond_conf
 
-__all__ = ["Daemons", "GangliaConfig", "apply", "digest", "gmetad_conf", "gmond_conf"]
+__all__ = [
+    "PORTS",
+    "TASK",
+    "Daemons",
+    "GangliaConfig",
+    "Sends",
+    "applied_digest",
+    "apply",
+    "cluster_config",
+    "config_problems",
+    "digest",
+    "gmetad_conf",
+    "gmond_conf",
+    "send",
+    "task",
+]

@@ -1,17 +1,21 @@
-"""Ganglia's configuration: what a node's gmond and the master's gmetad depend on
-(`GangliaConfig`), and their config files' text, rendered deterministically."""
+"""What a node's Ganglia runs with (`GangliaConfig`): the cluster's ports, the master's
+address, the timings that follow the ping settings, and its digest."""
 
 from __future__ import annotations
 
-import glob
-import ipaddress
+import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
-__all__ = ["GangliaConfig", "gmetad_conf", "gmond_conf"]
+from picluster import layout
+from picluster.registry import ClusterVars, Membership
+from picluster.settings import Settings
 
-_HEADER = "# Rendered by picluster from ip/, master and local-vars/; rewritten on every change.\n"
+__all__ = ["PORTS", "GangliaConfig", "cluster_config", "config_problems", "digest"]
+
+# The ports when local-vars/cluster.yml sets none under `ganglia:` (Debian's own).
+PORTS = {"gmond_port": 8649, "gmetad_xml_port": 8651}
 
 
 @dataclass(frozen=True)
@@ -20,8 +24,8 @@ class GangliaConfig:
 
     cluster: str
     master_ip: str
-    gmond_port: int = 8649
-    gmetad_xml_port: int = 8651
+    gmond_port: int = PORTS["gmond_port"]
+    gmetad_xml_port: int = PORTS["gmetad_xml_port"]
     metadata_interval: int = 20  # seconds between heartbeats and metadata resends
     host_dmax: int = 600  # a host silent this long is dropped
     members: tuple[str, ...] = ()  # IPs allowed to send to the master's gmond
@@ -38,91 +42,45 @@ class GangliaConfig:
         return replace(self, members=())
 
 
-def _modules() -> str:
-    # Module paths depend on the architecture (x86_64-linux-gnu, aarch64-linux-gnu...).
-    found = {Path(p).name: p for p in glob.glob("/usr/lib/*/ganglia/mod*.so")}
-    lines = ['  module {\n    name = "core_metrics"\n  }\n']
-    for name, library in (("cpu_module", "modcpu.so"), ("load_module", "modload.so"),
-                          ("mem_module", "modmem.so"), ("net_module", "modnet.so"),
-                          ("sys_module", "modsys.so")):
-        if library in found:
-            lines.append(f'  module {{\n    name = "{name}"\n    path = "{found[library]}"\n  }}\n')
-    return "modules {\n" + "".join(lines) + "}\n"
+def digest(config: GangliaConfig) -> str:
+    """A short fingerprint of a config: nodes report it, the master compares it."""
+    text = json.dumps(asdict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-_METRICS = """\
-collection_group {
-  collect_once = yes
-  time_threshold = HEARTBEAT
-  metric { name = "heartbeat" }
-}
-collection_group {
-  collect_once = yes
-  time_threshold = 1200
-  metric { name = "cpu_num" }
-  metric { name = "mem_total" }
-  metric { name = "boottime" }
-  metric { name = "machine_type" }
-  metric { name = "os_name" }
-  metric { name = "os_release" }
-}
-collection_group {
-  collect_every = 20
-  time_threshold = 90
-  metric { name = "cpu_user" value_threshold = "1.0" }
-  metric { name = "cpu_system" value_threshold = "1.0" }
-  metric { name = "cpu_idle" value_threshold = "5.0" }
-}
-collection_group {
-  collect_every = 20
-  time_threshold = 90
-  metric { name = "load_one" value_threshold = "1.0" }
-  metric { name = "load_five" value_threshold = "1.0" }
-}
-collection_group {
-  collect_every = 40
-  time_threshold = 180
-  metric { name = "mem_free" value_threshold = "1024" }
-  metric { name = "bytes_in" value_threshold = 4096 }
-  metric { name = "bytes_out" value_threshold = 4096 }
-}
-"""
+def _ports(cluster: ClusterVars) -> tuple[dict[str, int], list[str]]:
+    """The ports `ganglia:` in cluster.yml sets, and a problem for each bad one (which
+    keeps its default)."""
+    ports, problems = dict(PORTS), []
+    for key, default in PORTS.items():
+        value = cluster.ganglia.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{layout.CLUSTER_VARS}: '{key}' should be a int, not {value!r}; "
+                            f"using {default!r}")
+        elif not 0 < value < 65536:
+            problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be a port (1-65535), not "
+                            f"{value}; using {default}")
+        else:
+            ports[key] = value
+    return ports, problems
 
 
-def gmond_conf(config: GangliaConfig, *, own_ip: str, hostname: str, is_master: bool) -> str:
-    """gmond.conf for one node: unicast to the master; only the master listens (to its
-    members only) and answers gmetad."""
-    listen = ""
-    if is_master:
-        allowed = "".join(f'    access {{ ip = {ip} mask = 32 action = "allow" }}\n'
-                          for ip in sorted(set(config.members) | {own_ip},
-                                           key=ipaddress.IPv4Address))
-        listen = (f"udp_recv_channel {{\n  bind = {own_ip}\n  port = {config.gmond_port}\n"
-                  f'  acl {{\n    default = "deny"\n{allowed}  }}\n}}\n'
-                  f"tcp_accept_channel {{\n  bind = {own_ip}\n  port = {config.gmond_port}\n}}\n")
-    return (_HEADER.replace("#", "/*", 1).rstrip("\n") + " */\n"
-            "globals {\n  daemonize = no\n  setuid = no\n  debug_level = 0\n"
-            "  max_udp_msg_len = 1472\n  mute = no\n  deaf = " + ("no" if is_master else "yes")
-            + f"\n  host_dmax = {config.host_dmax}\n  cleanup_threshold = 300\n  gexec = no\n"
-            f"  send_metadata_interval = {config.metadata_interval}\n"
-            f'  override_hostname = "{hostname}"\n}}\n'
-            f'cluster {{\n  name = "{config.cluster}"\n  owner = "picluster"\n}}\n'
-            f'host {{\n  location = "{hostname}"\n}}\n'
-            f"udp_send_channel {{\n  host = {config.master_ip}\n  port = {config.gmond_port}\n"
-            "  ttl = 1\n}\n" + listen + _modules()
-            # A restarted master gmond knows a host again at its next heartbeat.
-            + _METRICS.replace("HEARTBEAT", str(config.metadata_interval)))
+def config_problems(cluster: ClusterVars) -> list[str]:
+    """What a person should fix in the `ganglia:` section of cluster.yml."""
+    return _ports(cluster)[1]
 
 
-def gmetad_conf(config: GangliaConfig, *, rrd_dir: Path) -> str:
-    """gmetad.conf for the master: one data source, its own gmond; the members may read."""
-    trusted = " ".join(sorted(set(config.members) | {config.master_ip, "127.0.0.1"},
-                              key=ipaddress.IPv4Address))
-    return (_HEADER
-            + f'data_source "{config.cluster}" 5 {config.master_ip}:{config.gmond_port}\n'
-            f'gridname "{config.cluster}"\n'
-            "setuid off\n"
-            f"xml_port {config.gmetad_xml_port}\n"
-            f"interactive_port {config.gmetad_xml_port + 1}\n"
-            f"trusted_hosts {trusted}\n"
-            f'rrd_rootdir "{rrd_dir}"\n')
+def cluster_config(settings: Settings, membership: Membership,
+                   cluster: ClusterVars) -> GangliaConfig:
+    """The config of the cluster in `membership`, whose master must be registered."""
+    master = membership.master_member
+    assert master is not None
+    # Unicast gmond needs metadata resent; a heartbeat as often as nodes are pinged
+    # (within reason) lets a restarted master gmond know every host again quickly.
+    beat = int(min(20, max(2, settings.ping_interval)))
+    # A host is dropped well after the master would have pruned it.
+    dmax = int(max(60, settings.ping_interval * settings.prune_after * 4))
+    return GangliaConfig(cluster.name, master.ip, **_ports(cluster)[0], metadata_interval=beat,
+                         host_dmax=dmax, members=tuple(m.ip for m in membership.workers))

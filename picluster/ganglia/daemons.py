@@ -1,62 +1,27 @@
-"""Ganglia on a node: apply the config the master sent, and keep gmond (and, on the master,
-gmetad) running with it.
+"""Keeping gmond (and, on the master, gmetad) running with the configs on disk.
 
 The agent supervises both daemons itself, on a Pi as in the lab: `Daemons.ensure()` starts
 what should run, restarts what runs with a config that has since changed, and stops what
-should not run.  Configs are written by `apply`, which the `ganglia` task calls on workers
-and the master's render job calls on the master.
+should not run.  The configs are written by `picluster.ganglia.node.apply`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import threading
-from dataclasses import asdict
 from pathlib import Path
 
-from picluster.files import install_file
-from picluster.ganglia.config import GangliaConfig, gmetad_conf, gmond_conf
+from picluster.ganglia.node import config_paths
 from picluster.identity import is_local
 from picluster.settings import Settings
 
-__all__ = ["Daemons", "apply", "digest"]
+__all__ = ["Daemons"]
 
 log = logging.getLogger(__name__)
-
-
-def digest(config: GangliaConfig) -> str:
-    """A short fingerprint of a config: nodes report it, the master compares it."""
-    text = json.dumps(asdict(config), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _configs(settings: Settings) -> tuple[Path, Path]:
-    return settings.rendered_dir / "gmond.conf", settings.rendered_dir / "gmetad.conf"
-
-
-def apply(settings: Settings, config: GangliaConfig, *, own_ip: str, hostname: str,
-          is_master: bool) -> bool:
-    """Write this node's Ganglia configs for `config`; True when anything changed.
-    The daemons pick them up at the next `Daemons.ensure`."""
-    gmond, gmetad = _configs(settings)
-    changed = install_file(gmond, gmond_conf(config, own_ip=own_ip, hostname=hostname,
-                                        is_master=is_master))
-    if is_master:
-        rrds = settings.home / "ganglia" / "rrds"
-        rrds.mkdir(parents=True, exist_ok=True)
-        changed |= install_file(gmetad, gmetad_conf(config, rrd_dir=rrds))
-    elif gmetad.exists():
-        gmetad.unlink()
-        changed = True
-    state = {"digest": digest(config if is_master else config.for_worker()),
-             "role": "master" if is_master else "node", "config": asdict(config)}
-    return install_file(settings.ganglia_state, json.dumps(state, indent=2) + "\n") or changed
 
 
 class _Daemon:
@@ -136,7 +101,7 @@ class Daemons:
     """gmond on every node, gmetad on the master, as children of the agent."""
 
     def __init__(self, settings: Settings) -> None:
-        gmond, gmetad = _configs(settings)
+        gmond, gmetad = config_paths(settings)
         self._gmond = _Daemon("gmond", gmond, settings)
         self._gmetad = _Daemon("gmetad", gmetad, settings)
         self._warned = False

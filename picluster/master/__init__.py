@@ -1,10 +1,12 @@
 """The master side: the jobs only the node holding `master` runs.
 
-Owns the views that follow membership (inventory, hostfile, known_hosts) and the health
-checks (a knock on every worker's ssh port, Ansible's ping, the prune).  It never
-schedules itself: the node agent runs these jobs while it is master.
+Owns the views that follow membership (inventory, hostfile, known_hosts, and when the
+master sends Ganglia's config), the health checks (a knock on every worker's ssh port,
+Ansible's ping, the prune) and the state those jobs share.  It never schedules itself:
+the node agent runs these jobs while it is master.
 """
 
-from picluster.master.jobs import Master, PingReport
+from picluster.master.health import PingReport
+from picluster.master.jobs import Master
 
 __all__ = ["Master", "PingReport"]

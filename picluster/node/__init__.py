@@ -1,10 +1,23 @@
 """The node side: the agent every node runs (`picluster agent`, picluster.service).
 
 Owns the agent's lifecycle and its APScheduler jobs, the intake of this node's tasks from
-git into the local huey queue, and the outbox that pushes their outcomes.  The master's
-jobs live in `picluster.master`; the agent only schedules them while it holds `master`.
+git into the local huey queue, the outbox that pushes their outcomes, the catalogue of
+tasks a node runs, and the facts it reports.  The master's jobs live in `picluster.master`;
+the agent only schedules them while it holds `master`.  `Agent` (huey, APScheduler) loads
+on first use, so the facts and the catalogue stay light to import.
 """
 
-from picluster.node.agent import Agent
+from typing import Any
 
-__all__ = ["Agent"]
+from picluster.node.facts import reported_facts
+from picluster.node.tasks import catalogue
+
+__all__ = ["Agent", "catalogue", "reported_facts"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Agent":
+        from picluster.node.agent import Agent
+
+        return Agent
+    raise AttributeError(f"module 'picluster.node' has no attribute {name!r}")

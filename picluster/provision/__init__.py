@@ -3,9 +3,12 @@
 `picluster.provision.card` is the operator's SD-card tool (`prepare-boot`): it writes a
 boot partition and never loads the node layer.  `picluster.provision.firstboot` runs on
 the node (`boot`), at first boot and at every start of picluster.service, and becomes the
-agent; it loads the agent (huey, APScheduler) only then.  Neither edits the cluster
+agent; `boot` loads on first use, so importing this package for the card tool loads
+nothing of the node layer.  Neither edits the cluster
 repository's files itself: a node joins through picluster.registry.
 """
+
+from typing import Any
 
 from picluster.provision.card import (
     CONFIG_NAME,
@@ -17,7 +20,6 @@ from picluster.provision.card import (
     prepare_boot,
 )
 from picluster.provision.common import BootError
-from picluster.provision.firstboot import boot
 
 __all__ = [
     "CONFIG_NAME",
@@ -30,3 +32,11 @@ __all__ = [
     "boot_config",
     "prepare_boot",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "boot":
+        from picluster.provision.firstboot import boot
+
+        return boot
+    raise AttributeError(f"module 'picluster.provision' has no attribute {name!r}")

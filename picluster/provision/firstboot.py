@@ -19,7 +19,8 @@ from pathlib import Path
 
 from picluster.files import install_file
 from picluster.gitstore import ClusterRepo, GitError
-from picluster.identity import IdentityError, facts, identify
+from picluster.identity import IdentityError, identify
+from picluster.node import reported_facts
 from picluster.proc import CommandError, run
 from picluster.provision.common import BootError, package_text, public_key
 from picluster.registry import Registration, register
@@ -153,7 +154,7 @@ def join(settings: Settings, *, timeout: float | None = None) -> Registration:
         repo = ClusterRepo.from_settings(settings, node.mac)
         if deadline is not None:  # git's own retries end when boot's do
             repo.deadline = max(deadline - time.monotonic(), 0.0)
-        return register(repo, node, facts(settings), designated=settings.master)
+        return register(repo, node, reported_facts(settings), designated=settings.master)
 
     try:
         return retry(attempt, retry_on=(GitError, IdentityError), what="join the cluster",

@@ -1,5 +1,7 @@
-"""The agent end to end, as real processes against a real (local) git remote."""
+"""The node agent: its jobs, and end to end as real processes against a real (local)
+git remote."""
 
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -11,11 +13,70 @@ from helpers import Cluster, mac_of, run_cli, wait_until
 from picluster import layout
 from picluster.gitstore import ClusterRepo, Put
 from picluster.lab import Lab
+from picluster.node import Agent
 from picluster.queue import enqueue, make_task, outcome_of, wait_for
 from picluster.settings import Settings
 from picluster.tasks import Task
 
 NODE = mac_of(1)
+
+
+def test_the_master_waits_for_its_grace_before_polling_or_pinging(cluster: Cluster) -> None:
+    start = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    now = [start]
+    settings = Settings.load(cluster.node_config(1, master_grace="5m", poll_interval=30))
+    agent = Agent(settings, clock=lambda: now[0])
+    agent.scheduler.start(paused=True)
+    try:
+        agent.is_master = True
+        agent.schedule()
+        grace_over = start + dt.timedelta(minutes=5)
+        assert agent.scheduler.get_job("poll").next_run_time == grace_over
+        assert agent.scheduler.get_job("ping").next_run_time == grace_over
+        assert agent.scheduler.get_job("reach").next_run_time == grace_over
+        # Losing the role stops the pings without a restart; regaining it after the
+        # grace pings at once.
+        agent.is_master = False
+        agent.schedule()
+        assert agent.scheduler.get_job("ping") is None
+        assert agent.scheduler.get_job("reach") is None
+        now[0] = start + dt.timedelta(minutes=7)
+        agent.is_master = True
+        agent.schedule()
+        assert agent.scheduler.get_job("ping").next_run_time == now[0]
+    finally:
+        agent.scheduler.shutdown(wait=False)
+
+
+def test_a_worker_polls_at_once(cluster: Cluster) -> None:
+    start = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    agent = Agent(Settings.load(cluster.node_config(2)), clock=lambda: start)
+    agent.scheduler.start(paused=True)
+    try:
+        agent.schedule()
+        assert agent.scheduler.get_job("poll").next_run_time == start
+        assert agent.scheduler.get_job("ping") is None
+    finally:
+        agent.scheduler.shutdown(wait=False)
+
+
+def test_a_job_that_raises_is_logged_and_runs_again(cluster: Cluster,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    agent = Agent(Settings.load(cluster.node_config(2, poll_interval=0.2)))
+    runs: list[float] = []
+
+    def failing_poll() -> None:
+        runs.append(time.monotonic())
+        raise RuntimeError("a bad poll")
+
+    agent.poll = failing_poll  # type: ignore[method-assign]
+    agent.scheduler.start()
+    try:
+        agent.schedule()
+        wait_until(lambda: len(runs) >= 2, 10, "a second poll after a failed one")
+    finally:
+        agent.scheduler.shutdown(wait=False)
+    assert "a bad poll" in caplog.text
 
 
 def outcome_files(cluster: Cluster, mac: str, folder: str) -> list[str]:

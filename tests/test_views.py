@@ -1,6 +1,5 @@
-from pathlib import Path
+"""The views the master renders from the registry: inventory, hostfile, known_hosts."""
 
-from picluster.ganglia import GangliaConfig, gmetad_conf, gmond_conf
 from picluster.master.views import render_views
 from picluster.registry import Member, Membership
 
@@ -34,34 +33,3 @@ def test_views_follow_membership_deterministically() -> None:
 def test_without_a_master_every_member_is_a_node() -> None:
     views = render_views(Membership(membership().members, None), "root")
     assert "[master]\n\n[nodes]" in views.inventory
-
-
-def test_gmond_sends_to_the_master_and_only_the_master_listens() -> None:
-    config = GangliaConfig("lab", "198.18.0.11", members=("198.18.0.13", "198.18.0.2"))
-    master = gmond_conf(config, own_ip="198.18.0.11", hostname="pi-1", is_master=True)
-    worker = gmond_conf(config.for_worker(), own_ip="198.18.0.13", hostname="pi-3",
-                        is_master=False)
-    for text in (master, worker):
-        assert "udp_send_channel {\n  host = 198.18.0.11\n  port = 8649" in text
-        assert "daemonize = no" in text and "setuid = no" in text
-        assert "mcast" not in text
-    assert "tcp_accept_channel" in master and 'default = "deny"' in master
-    assert [line.split()[4] for line in master.splitlines() if "access {" in line] == \
-        ["198.18.0.2", "198.18.0.11", "198.18.0.13"]
-    assert "tcp_accept_channel" not in worker and "udp_recv_channel" not in worker
-    assert 'override_hostname = "pi-3"' in worker
-
-
-def test_gmetad_reads_the_master_and_trusts_members(tmp_path: Path) -> None:
-    config = GangliaConfig("lab", "198.18.0.11", members=("198.18.0.13",))
-    text = gmetad_conf(config, rrd_dir=tmp_path)
-    assert 'data_source "lab" 5 198.18.0.11:8649' in text
-    assert "trusted_hosts 127.0.0.1 198.18.0.11 198.18.0.13" in text
-    assert "xml_port 8651" in text and "setuid off" in text
-
-
-def test_worker_configs_do_not_depend_on_membership() -> None:
-    one = GangliaConfig("lab", "198.18.0.11", members=("198.18.0.13",))
-    two = GangliaConfig("lab", "198.18.0.11", members=("198.18.0.14",))
-    assert one.for_worker() == two.for_worker()
-    assert GangliaConfig.from_args({**vars(one), "extra": 1}) == one

@@ -1,0 +1,23 @@
+"""The catalogue a node runs: the built-ins, `register` and Ganglia's `ganglia`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from picluster import ganglia, tasks
+from picluster.identity import identify
+from picluster.registry import registration_ops
+from picluster.tasks import Catalogue, TaskContext
+
+__all__ = ["catalogue"]
+
+catalogue = Catalogue(tasks.catalogue)
+catalogue.task(ganglia.TASK)(ganglia.task)
+
+
+@catalogue.task("register")
+def register(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
+    """Re-register now (new IP, fresh facts, or after being pruned)."""
+    node = identify(context.settings)
+    context.include(registration_ops(node, context.facts()))
+    return {"mac": node.mac, "ip": node.ip}
