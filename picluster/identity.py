@@ -1,4 +1,4 @@
-"""Who this node is: its MAC and IPv4 (DESIGN §6), and the facts it reports about itself."""
+"""Who this node is: its MAC and IPv4, and the facts it reports about itself."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The cluster repository's layout (DESIGN §2): every path in it, and what may go there.
+"""The cluster repository's layout (docs/design.md): every path in it, and what may go there.
 
 Names that come from outside (a MAC, a task id) are validated here before they become a
 path, so nothing built from them can leave its directory.

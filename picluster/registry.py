@@ -1,4 +1,4 @@
-"""Membership: who is in the cluster, who is master, and how a node joins (DESIGN §2).
+"""Membership: who is in the cluster, who is master, and how a node joins.
 
 Everything here reads a `Snapshot` or returns ops for `ClusterRepo.transact`; nothing
 else touches git.  Malformed files are reported with their path, line and fix, and are

@@ -1,5 +1,5 @@
 """Task signatures: OpenSSH signatures (`ssh-keygen -Y sign`) checked against the
-allowed signers file in the cluster repository (DESIGN §2).
+allowed signers file in the cluster repository.
 
 Signing runs ssh-keygen, which knows every private key format and agent; one process
 signs a whole batch.  Verification runs in-process with `sshsig`, a port of
