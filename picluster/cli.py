@@ -17,7 +17,7 @@ from picluster import layout
 from picluster.ganglia import config_problems
 from picluster.gitstore import ClusterRepo, GitError, Put, Snapshot, init_bare
 from picluster.identity import IdentityError, identify, writer_name
-from picluster.node import reported_facts
+from picluster.node import catalogue, reported_facts
 from picluster.provision import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
 from picluster.registry import read_cluster_vars, read_membership, register
@@ -171,7 +171,9 @@ def enqueue_command(
         fail(f"{conf.source}: key 'signing_key' is not set; point it at the private key "
              "whose public half is trusted (`picluster trust`)", EXIT_USAGE)
     try:
-        job = make_task(mac, task, _parse_args(arg or []), conf.signer, retries=retries)
+        # Arguments the task's schema refuses never leave: exit 2, one line.
+        job = make_task(mac, task, _parse_args(arg or []), conf.signer, retries=retries,
+                        catalogue=catalogue)
     except ValueError as error:
         fail(str(error), EXIT_USAGE)
     repo = open_repo(ctx)

@@ -26,7 +26,12 @@ _MAX_ORIGINAL = 65536
 
 
 def make_task(node: str, name: str, args: dict[str, Any], producer: str, *,
-              eta: str | None = None, expires: str | None = None, retries: int = 0) -> Task:
+              eta: str | None = None, expires: str | None = None, retries: int = 0,
+              catalogue: Catalogue | None = None) -> Task:
+    """A task to sign and enqueue.  With `catalogue`, a task it lacks or arguments its
+    schema refuses raise TaskError before anything is signed or pushed."""
+    if catalogue is not None:
+        catalogue.check(name, args)
     return Task(id=new_task_id(), node=layout.normalize_mac(node), task=name, args=args,
                 created_at=now_iso(), producer=producer, eta=eta, expires=expires,
                 retries=retries)
@@ -96,7 +101,7 @@ def read_signers(snapshot: Snapshot) -> AllowedSigners:
 def scan(snapshot: Snapshot, mac: str, catalogue: Catalogue,
          known: Container[str] = ()) -> list[Pending]:
     """Every pending file in ``queue/<mac>/`` but those `known` (by id), each validated:
-    schema, address, name, signature, expiry, and that it has not already run.
+    schema, address, name, signature, arguments, expiry, and that it has not already run.
     Directories in the queue (done/, rejected/, anything else) are never read."""
     folder = layout.queue_dir(mac)
     signers = read_signers(snapshot)
@@ -141,6 +146,10 @@ def _check(snapshot: Snapshot, mac: str, path: str, name: str, signers: AllowedS
     try:
         signers.verify(task.signed_bytes(), task.signature, task.producer)
     except SignatureError as error:
+        return reject(f"{path}: {error}", task)
+    try:
+        catalogue.check(task.task, task.args)
+    except TaskError as error:
         return reject(f"{path}: {error}", task)
     if outcome_of(snapshot, mac, task.id) is not None:
         return reject(f"{path}: task {task.id} already has an outcome; it never runs twice",

@@ -8,13 +8,16 @@ A task file (``queue/<mac>/<id>.json``) is pretty-printed JSON a person can read
 
 The signature covers every other field (canonical JSON), the node included, so a task
 cannot be replayed to another node.  Only names in a node's catalogue ever run: the
-built-ins here (`catalogue`: echo, sleep), and what `picluster.node.catalogue` adds.
+built-ins here (`catalogue`: echo, sleep), and what `picluster.node.catalogue` adds.  Each
+task is registered with the `Schema` of its arguments: the producer checks them before it
+signs (`make_task`), the node before it runs (`scan`, and `Catalogue.get`'s function).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +26,7 @@ from typing import Any
 
 from picluster import layout
 from picluster.gitstore import Op
+from picluster.schema import ArgError, Duration, Json, Schema
 
 __all__ = [
     "Catalogue",
@@ -159,6 +163,8 @@ class TaskContext:
     task: Task
     facts: Callable[[], dict[str, object]]  # what this node reports about itself, read now
     ops: list[Op] = field(default_factory=list)
+    # Set when the agent stops: a task that waits may end early instead.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def include(self, ops: list[Op]) -> None:
         self.ops.extend(ops)
@@ -167,22 +173,49 @@ class TaskContext:
 TaskFunction = Callable[[dict[str, Any], TaskContext], Any]
 
 
+@dataclass(frozen=True)
+class _Entry:
+    function: TaskFunction
+    schema: Schema
+
+
 class Catalogue:
-    """The task names a node runs; nothing outside it ever runs."""
+    """The task names a node runs, each with the schema of its arguments; nothing outside
+    it ever runs, and nothing runs with arguments its schema refuses."""
 
     def __init__(self, *bases: Catalogue) -> None:
         """A catalogue of every task in `bases`; `task()` adds more."""
-        self._tasks: dict[str, TaskFunction] = {
-            name: function for base in bases for name, function in base._tasks.items()}
+        self._tasks: dict[str, _Entry] = {
+            name: entry for base in bases for name, entry in base._tasks.items()}
 
-    def task(self, name: str) -> Callable[[TaskFunction], TaskFunction]:
+    def task(self, name: str, schema: Schema) -> Callable[[TaskFunction], TaskFunction]:
+        """Register the decorated function as task `name`, taking what `schema` allows."""
         def decorator(function: TaskFunction) -> TaskFunction:
-            self._tasks[name] = function
+            self._tasks[name] = _Entry(function, schema)
             return function
         return decorator
 
+    def check(self, name: str, args: Any) -> dict[str, Any]:
+        """`args` as task `name` gets them (checked, defaults filled in); TaskError, one
+        line, names an unknown task or the argument refused and the rule it breaks."""
+        entry = self._tasks.get(name)
+        if entry is None:
+            raise TaskError(f"unknown task '{name}'; the tasks are: {', '.join(self.names())}")
+        try:
+            return entry.schema.check(args)
+        except ArgError as error:
+            raise TaskError(f"task '{name}': {error}") from None
+
     def get(self, name: str) -> TaskFunction | None:
-        return self._tasks.get(name)
+        """The function that runs task `name`: it checks the arguments first (the last
+        gate: a task queued before its schema changed still never runs with bad ones)."""
+        entry = self._tasks.get(name)
+        if entry is None:
+            return None
+
+        def run(args: dict[str, Any], context: TaskContext) -> Any:
+            return entry.function(self.check(name, args), context)
+        return run
 
     def names(self) -> list[str]:
         return sorted(self._tasks)
@@ -192,15 +225,20 @@ class Catalogue:
 catalogue = Catalogue()
 
 
-@catalogue.task("echo")
+@catalogue.task("echo", Schema(others=Json()))
 def echo(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     """Return the arguments: proves the path producer -> git -> node -> git works."""
     return args
 
 
-@catalogue.task("sleep")
+# An hour at most: a stopping agent waits for its running tasks.
+@catalogue.task("sleep", Schema({"seconds": Duration(maximum=3600, default=1.0)}))
 def sleep(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
-    """Sleep `seconds` (default 1): a stand-in for real work in demos and tests."""
-    seconds = float(args.get("seconds", 1))
-    time.sleep(seconds)
+    """Sleep `seconds`: a stand-in for real work in demos and tests.  Ends early, as a
+    failure, when the agent stops."""
+    seconds = args["seconds"]
+    started = time.monotonic()
+    if context.stopping.wait(seconds):
+        raise InterruptedError(f"the agent stopped after {time.monotonic() - started:.1f} "
+                               f"of {seconds:g} s")
     return {"slept": seconds}

@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -95,11 +96,22 @@ def test_echo_round_trip_through_the_cli(cluster: Cluster) -> None:
 
 
 def test_a_failing_task_reports_its_error_and_exit_1(cluster: Cluster) -> None:
-    cluster.start_agent(cluster.node_config(1))
-    done = run_cli("enqueue", NODE, "sleep", "--arg", "seconds=never", "--wait", "30",
-                   config=cluster.operator_config())
-    assert done.returncode == 1
-    assert json.loads(done.stdout)["error"].startswith("ValueError")
+    # Arguments its schema refuses never leave the producer; a running `sleep` fails
+    # when its agent stops (SIGINT does not wait an hour for it).
+    config = cluster.node_config(1)
+    agent = cluster.start_agent(config)
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "picluster", "--config", str(cluster.operator_config()),
+         "enqueue", NODE, "sleep", "--arg", "seconds=3600", "--wait", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    wait_until(lambda: "queued sleep" in config.with_suffix(".log").read_text(), 30,
+               "the task to be queued")
+    time.sleep(2)  # a consumer thread picks it up within half a second
+    agent.send_signal(signal.SIGINT)
+    assert agent.wait(timeout=30) == 0
+    out, err = producer.communicate(timeout=90)
+    assert producer.returncode == 1, err
+    assert json.loads(out)["error"].startswith("InterruptedError: the agent stopped after")
 
 
 def test_wait_times_out_with_exit_3(cluster: Cluster) -> None:

@@ -8,6 +8,7 @@ never schedules anything itself.
 
 from picluster.ganglia.config import (
     PORTS,
+    SCHEMA,
     GangliaConfig,
     cluster_config,
     config_problems,
@@ -15,17 +16,19 @@ from picluster.ganglia.config import (
 )
 from picluster.ganglia.daemons import Daemons
 from picluster.ganglia.master import Sends, send
-from picluster.ganglia.node import TASK, applied_digest, apply, task
+from picluster.ganglia.node import TASK, applied_digest, apply, catalogue, task
 from picluster.ganglia.text import gmetad_conf, gmond_conf
 
 __all__ = [
     "PORTS",
+    "SCHEMA",
     "TASK",
     "Daemons",
     "GangliaConfig",
     "Sends",
     "applied_digest",
     "apply",
+    "catalogue",
     "cluster_config",
     "config_problems",
     "digest",

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from picluster.ganglia.config import GangliaConfig, digest
-from picluster.ganglia.node import TASK
+from picluster.ganglia.node import TASK, catalogue
 from picluster.gitstore import ClusterRepo, Snapshot
 from picluster.queue import enqueue, make_task, pending_tasks
 from picluster.registry import Member
@@ -64,5 +64,6 @@ def send(repo: ClusterRepo, workers: Sequence[Member], config: GangliaConfig,
                     "tasks with", len(workers))
         return
     args = vars(config.for_worker())
-    tasks = enqueue(repo, [make_task(m.mac, TASK, dict(args), signer) for m in workers], key)
+    tasks = enqueue(repo, [make_task(m.mac, TASK, dict(args), signer, catalogue=catalogue)
+                           for m in workers], key)
     log.info("sent the ganglia config to %s", ", ".join(t.node for t in tasks))

@@ -1,6 +1,7 @@
 """Ganglia on a node: write the configs for the `GangliaConfig` it runs, remember which
-one it applied (the fact it reports), and the `ganglia` task through which a worker gets
-its config from the master.  `Daemons` then (re)starts gmond and gmetad with them."""
+one it applied (the fact it reports), and the `ganglia` task (in `catalogue`, its arguments
+checked by `SCHEMA`) through which a worker gets its config from the master.  `Daemons`
+then (re)starts gmond and gmetad with them."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from picluster.files import install_file
-from picluster.ganglia.config import GangliaConfig, digest
+from picluster.ganglia.config import SCHEMA, GangliaConfig, digest
 from picluster.ganglia.text import gmetad_conf, gmond_conf
 from picluster.identity import identify
 from picluster.registry import registration_ops
 from picluster.settings import Settings
-from picluster.tasks import TaskContext
+from picluster.tasks import Catalogue, TaskContext
 
-__all__ = ["TASK", "applied_digest", "apply", "config_paths", "task"]
+__all__ = ["TASK", "applied_digest", "apply", "catalogue", "config_paths", "task"]
 
 TASK = "ganglia"  # the task name the master sends configs under
+catalogue = Catalogue()  # the tasks Ganglia adds to a node's catalogue: `ganglia`
 
 
 def config_paths(settings: Settings) -> tuple[Path, Path]:
@@ -55,6 +57,7 @@ def applied_digest(settings: Settings) -> str | None:
         return None
 
 
+@catalogue.task(TASK, SCHEMA)
 def task(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     """Apply the Ganglia config the master sent (its IP, ports, timings); the agent then
     restarts gmond with it.  The node's facts report the config it now runs."""

@@ -7,15 +7,15 @@ from typing import Any
 from picluster import ganglia, tasks
 from picluster.identity import identify
 from picluster.registry import registration_ops
+from picluster.schema import Schema
 from picluster.tasks import Catalogue, TaskContext
 
 __all__ = ["catalogue"]
 
-catalogue = Catalogue(tasks.catalogue)
-catalogue.task(ganglia.TASK)(ganglia.task)
+catalogue = Catalogue(tasks.catalogue, ganglia.catalogue)
 
 
-@catalogue.task("register")
+@catalogue.task("register", Schema())
 def register(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     """Re-register now (new IP, fresh facts, or after being pruned)."""
     node = identify(context.settings)
