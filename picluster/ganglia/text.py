@@ -1,14 +1,20 @@
 """The text of gmond.conf and gmetad.conf for a `GangliaConfig`, rendered
 deterministically: the same config always gives the same bytes, so a daemon restarts only
-when its config changed."""
+when its config changed.  Only checked values are written: every field of the config by
+`SCHEMA`, the host's name and address, the rrd folder; anything else raises ValueError
+before a line is rendered (a newline or a brace could add a block root's gmond loads)."""
 
 from __future__ import annotations
 
 import glob
 import ipaddress
+import re
+from dataclasses import asdict
 from pathlib import Path
 
-from picluster.ganglia.config import GangliaConfig
+from picluster.ganglia.config import SCHEMA, GangliaConfig
+from picluster.layout import valid_hostname
+from picluster.schema import IPv4, shown
 
 __all__ = ["gmetad_conf", "gmond_conf"]
 
@@ -66,9 +72,31 @@ collection_group {
 """
 
 
+def _checked(config: GangliaConfig) -> GangliaConfig:
+    """`config` with every field checked (ValueError names the first bad one)."""
+    return GangliaConfig.from_args(SCHEMA.check(asdict(config)))
+
+
+def _hostname(hostname: str) -> str:
+    if not valid_hostname(hostname, dotted=True):
+        raise ValueError(f"hostname {shown(hostname)} is not a host name: letters, digits, "
+                         "hyphens and dots")
+    return hostname
+
+
+def _quotable(path: Path) -> str:
+    text = str(path)
+    if re.search(r'["\\\x00-\x1f\x7f]', text):
+        raise ValueError(f"{shown(text)} cannot be quoted in gmetad.conf: no quotes, "
+                         "backslashes or control characters")
+    return text
+
+
 def gmond_conf(config: GangliaConfig, *, own_ip: str, hostname: str, is_master: bool) -> str:
     """gmond.conf for one node: unicast to the master; only the master listens (to its
     members only) and answers gmetad."""
+    config, hostname = _checked(config), _hostname(hostname)
+    own_ip = IPv4().check(own_ip, "own_ip")
     listen = ""
     if is_master:
         allowed = "".join(f'    access {{ ip = {ip} mask = 32 action = "allow" }}\n'
@@ -93,6 +121,7 @@ def gmond_conf(config: GangliaConfig, *, own_ip: str, hostname: str, is_master: 
 
 def gmetad_conf(config: GangliaConfig, *, rrd_dir: Path) -> str:
     """gmetad.conf for the master: one data source, its own gmond; the members may read."""
+    config, rrd_root = _checked(config), _quotable(rrd_dir)
     trusted = " ".join(sorted(set(config.members) | {config.master_ip, "127.0.0.1"},
                               key=ipaddress.IPv4Address))
     return (_HEADER
@@ -102,4 +131,4 @@ def gmetad_conf(config: GangliaConfig, *, rrd_dir: Path) -> str:
             f"xml_port {config.gmetad_xml_port}\n"
             f"interactive_port {config.gmetad_xml_port + 1}\n"
             f"trusted_hosts {trusted}\n"
-            f'rrd_rootdir "{rrd_dir}"\n')
+            f'rrd_rootdir "{rrd_root}"\n')
