@@ -14,6 +14,7 @@ import difflib
 import ipaddress
 import math
 import os
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,13 +34,25 @@ _ALIASES = {"pi_repo_addr": "repo"}
 Parser = Callable[[str], Any]
 
 
+_SHOWN = 60  # characters of a bad value an error quotes
+
+
+def _cut(text: str) -> str:
+    """`text` as an error shows it: a 100 KB value is never echoed whole."""
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+
+
+def _shown(text: str) -> str:
+    return f"'{_cut(text)}'"
+
+
 class ConfigError(ValueError):
     """A boot config that cannot be used; the message names file, line and key."""
 
     def __init__(self, path: Path | str, line: int | None, key: str | None, problem: str):
         self.path, self.line, self.key, self.problem = Path(path), line, key, problem
         where = f"{path}:{line}" if line else str(path)
-        what = f" {key}:" if key else ""
+        what = f" {_cut(key)}:" if key else ""
         super().__init__(f"{where}:{what} {problem}")
 
 
@@ -69,6 +82,54 @@ def _text(raw: str) -> str:
 def _path(raw: str) -> Path:
     """A path; `Settings.parse` makes a relative one relative to the config file."""
     return Path(_text(raw)).expanduser()
+
+
+# Transports git runs nothing for: ssh runs ssh, the others speak git's protocols.
+_SCHEMES = {"ssh", "git+ssh", "ssh+git", "git", "http", "https", "file"}
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)(://|::)")
+_USE = "use ssh://, git://, https://, file:// or a path"
+
+
+def _repo(raw: str) -> str:
+    """A git URL, an scp-like `user@host:path`, or a local path (`Settings.parse` makes a
+    relative one relative to the config file).  Refused: anything git would run a
+    command for (`ext::`, `fd::`, any other `<helper>::` or unknown `<scheme>://`) and
+    what an ssh or git would take for an option."""
+    text = _text(raw)
+    if text.startswith("-"):
+        raise ValueError(f"{_shown(text)} looks like a command-line option, not a "
+                         f"repository; {_USE}")
+    scheme = _SCHEME.match(text)
+    if scheme and (scheme[2] == "::" or scheme[1].lower() not in _SCHEMES):
+        raise ValueError(f"{_shown(text)}: git would run a program to reach it (ext:: runs "
+                         f"any command); {_USE}")
+    if scheme:
+        host = text[scheme.end():].split("/", 1)[0]
+    elif _scp_like(text):
+        host = text.split(":", 1)[0]
+    else:
+        return os.path.expanduser(text)
+    if any(part.startswith("-") for part in host.split("@")):
+        raise ValueError(f"{_shown(text)}: a user or host that starts with '-' would be an "
+                         f"option to ssh; {_USE}")
+    return text
+
+
+def _scp_like(text: str) -> bool:
+    """`[user@]host:path`, as git tells it from a path: a colon before any slash."""
+    colon, slash = text.find(":"), text.find("/")
+    return colon > 0 and (slash < 0 or colon < slash)
+
+
+def _anchored(key: str, value: Any, folder: Path) -> Any:
+    """`value` with a relative path made relative to `folder`, the config file's: not to
+    the cwd, nor (for `repo`, as git would take it) to the clone's folder."""
+    if isinstance(value, Path) and not value.is_absolute():
+        return folder / value
+    if key == "repo" and not (_SCHEME.match(value) or _scp_like(value) or
+                              Path(value).is_absolute()):
+        return str(folder / value)
+    return value
 
 
 def _boolean(raw: str) -> bool:
@@ -148,7 +209,8 @@ class Settings:
     of the fields is the order an `unknown key` error lists the keys in.
     """
 
-    repo: str = field(metadata=_key(_text, "git URL or path of the cluster repository"))
+    repo: str = field(metadata=_key(
+        _repo, "git URL (ssh://, git://, https://, file://) or path of the cluster repository"))
     home: Path = field(default=Path("/var/lib/picluster"), metadata=_key(
         _path, "state dir: clone, huey database, rendered files"))
     branch: str = field(default="main", metadata=_key(
@@ -207,7 +269,7 @@ class Settings:
                 continue
             if "=" not in stripped:
                 raise ConfigError(source, number, None,
-                                  f"'{stripped}' is not 'key = value'")
+                                  f"{_shown(stripped)} is not 'key = value'")
             key, raw = (part.strip() for part in stripped.split("=", 1))
             key = key.lower().replace("-", "_")
             key = _ALIASES.get(key, key)
@@ -223,11 +285,11 @@ class Settings:
             try:
                 value = _PARSERS[key](raw)
             except ValueError as error:
-                raise ConfigError(source, number, key, str(error)) from None
-            # Relative paths are relative to the config file, not to the cwd.
-            if isinstance(value, Path) and not value.is_absolute() and \
-                    isinstance(source, Path):
-                value = source.parent / value
+                # Every parser quotes the value it refuses: a long one is cut.
+                raise ConfigError(source, number, key,
+                                  str(error).replace(f"'{raw}'", _shown(raw))) from None
+            if isinstance(source, Path):
+                value = _anchored(key, value, source.parent)
             values[key] = value
             seen[key] = number
         if "repo" not in values:
