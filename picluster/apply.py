@@ -4,7 +4,7 @@ the master against the inventory its agent renders.
 The playbooks ship inside picluster (package data `picluster/playbooks`, mapped from
 tasks/ by pyproject.toml), never from the cluster repository: a playbook is code that
 runs as root on every node, and pushing to the repository must not be a way to run code
-on every Pi (docs/design.md, "Security").  The repository holds data; the installed package holds code.
+on every Pi (docs/design.md).  The repository holds data; the installed package holds code.
 """
 
 from __future__ import annotations

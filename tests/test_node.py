@@ -5,7 +5,6 @@ import datetime as dt
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -96,22 +95,19 @@ def test_echo_round_trip_through_the_cli(cluster: Cluster) -> None:
 
 
 def test_a_failing_task_reports_its_error_and_exit_1(cluster: Cluster) -> None:
-    # Arguments its schema refuses never leave the producer; a running `sleep` fails
-    # when its agent stops (SIGINT does not wait an hour for it).
-    config = cluster.node_config(1)
-    agent = cluster.start_agent(config)
-    producer = subprocess.Popen(
-        [sys.executable, "-m", "picluster", "--config", str(cluster.operator_config()),
-         "enqueue", NODE, "sleep", "--arg", "seconds=3600", "--wait", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    wait_until(lambda: "queued sleep" in config.with_suffix(".log").read_text(), 30,
-               "the task to be queued")
-    time.sleep(2)  # a consumer thread picks it up within half a second
-    agent.send_signal(signal.SIGINT)
-    assert agent.wait(timeout=30) == 0
-    out, err = producer.communicate(timeout=90)
-    assert producer.returncode == 1, err
-    assert json.loads(out)["error"].startswith("InterruptedError: the agent stopped after")
+    # A worker whose state directory is broken cannot apply a (valid) Ganglia config.
+    run_cli("register", config=cluster.node_config(1), check=True)  # node 1 holds `master`
+    config = cluster.node_config(2)
+    (cluster.root / "node2" / "rendered").parent.mkdir(parents=True)
+    (cluster.root / "node2" / "rendered").write_text("not a directory\n")
+    cluster.start_agent(config)
+    done = run_cli("enqueue", mac_of(2), "ganglia", "--arg", "cluster=lab",
+                   "--arg", "master_ip=127.0.0.1", "--wait", "60",
+                   config=cluster.operator_config())
+    assert done.returncode == 1, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["status"] == "error"
+    assert outcome["error"].startswith(("NotADirectoryError", "FileExistsError")), outcome
 
 
 def test_wait_times_out_with_exit_3(cluster: Cluster) -> None:

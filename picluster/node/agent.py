@@ -71,7 +71,6 @@ class Agent:
         self.daemons = Daemons(settings)
         self.master = Master(settings, self.repo, lambda: self.node, self.daemons)
         self._stopping = threading.Event()
-        self._halting = threading.Event()  # the consumer's stop flag, once it runs
         self.is_master = False
         self.started = clock()
 
@@ -91,7 +90,6 @@ class Agent:
         consumer = self.huey.create_consumer(
             workers=self.settings.workers, worker_type="thread", periodic=False,
             initial_delay=0.05, backoff=1.5, max_delay=0.5)
-        self._halting = consumer.stop_flag  # set at SIGINT, before running tasks are awaited
         try:
             self.start()
             consumer.run()  # blocks; SIGINT finishes running tasks first
@@ -173,7 +171,7 @@ class Agent:
     def _run_task(self, task_json: str, pending_path: str, task: Any = None) -> None:
         job = Task.from_json(task_json, pending_path)
         attempts = self.ledger.started(job.id)
-        context = TaskContext(self.settings, job, self._facts, stopping=self._halting)
+        context = TaskContext(self.settings, job, self._facts)
         outcome = Outcome(id=job.id, node=self.node.mac, status="ok", task=job.task,
                           producer=job.producer, attempts=attempts, started_at=now_iso())
         function = self.catalogue.get(job.task)
