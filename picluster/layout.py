@@ -10,6 +10,7 @@ import re
 
 __all__ = [
     "ALLOWED_SIGNERS",
+    "ALLOWED_SIGNERS_SIG",
     "CLUSTER_VARS",
     "HOSTFILE",
     "INVENTORY",
@@ -34,6 +35,8 @@ QUEUE_DIR = "queue"
 LOCAL_VARS = "local-vars"
 CLUSTER_VARS = f"{LOCAL_VARS}/cluster.yml"
 ALLOWED_SIGNERS = f"{LOCAL_VARS}/allowed_signers"
+# An OpenSSH signature of allowed_signers' exact bytes by a signer the nodes trust.
+ALLOWED_SIGNERS_SIG = f"{ALLOWED_SIGNERS}.sig"
 NODES_VARS = f"{LOCAL_VARS}/nodes"
 INVENTORY = "inventory"
 HOSTFILE = "hostfile"
@@ -107,6 +110,7 @@ Every file is plain text: read it with `cat`, fix it with an editor, commit, pus
 | `ip/<mac>` | IPv4 of each live node, one line; `cat ip/*` lists the cluster |
 | `local-vars/cluster.yml` | cluster settings (ssh user, ports, timings) |
 | `local-vars/allowed_signers` | OpenSSH keys allowed to sign tasks (`picluster trust`) |
+| `local-vars/allowed_signers.sig` | its signature; nodes ignore a change nobody they trust signed |
 | `local-vars/nodes/<mac>.yml` | facts each node reports about itself |
 | `queue/<mac>/<id>.json` | a signed task waiting for that node |
 | `queue/<mac>/done/<id>.json` | its outcome; `rejected/` holds tasks that never ran, with why |
@@ -127,6 +131,8 @@ ssh_user: root
 _ALLOWED_SIGNERS = """\
 # OpenSSH allowed signers (man ssh-keygen, ALLOWED SIGNERS): keys whose signed tasks run.
 # Add one with: picluster trust ~/.ssh/id_ed25519.pub --name you
+# Nodes accept a change to this file only with allowed_signers.sig beside it, signed by a
+# signer they already trust (`picluster trust` writes both).
 """
 
 
