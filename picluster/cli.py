@@ -15,14 +15,20 @@ from rich.text import Text
 
 from picluster import layout
 from picluster.ganglia import config_problems
-from picluster.gitstore import ClusterRepo, GitError, init_bare
+from picluster.gitstore import ClusterRepo, GitError, Snapshot, init_bare
 from picluster.identity import IdentityError, identify, writer_name
 from picluster.node import reported_facts
 from picluster.provision import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
-from picluster.registry import read_cluster_vars, read_membership, register
+from picluster.registry import (
+    Membership,
+    read_cluster_vars,
+    read_membership,
+    register,
+    verify_registrations,
+)
 from picluster.settings import ConfigError, Settings
-from picluster.signing import SignatureError, signer_line
+from picluster.signing import SignatureError, public_key_of, signer_line
 from picluster.trust import Trust, TrustError
 from picluster.version import __version__
 
@@ -130,8 +136,8 @@ def register_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     try:
         node = identify(conf)
         result = register(ClusterRepo.from_settings(conf, node.mac), node, reported_facts(conf),
-                          designated=conf.master)
-    except IdentityError as error:
+                          designated=conf.master, key=conf.ssh_key)
+    except (IdentityError, SignatureError) as error:
         fail(str(error), EXIT_USAGE)
     except GitError as error:
         fail(str(error))
@@ -257,11 +263,26 @@ def trust_command(
               + (", and may change allowed_signers" if admin else ""))
 
 
+def _registrations(conf: Settings, snapshot: Snapshot) -> tuple[Membership, list[str]]:
+    """The membership the master acts on (registrations the cluster key signed), and the
+    problems of the others; without the cluster key, all of it, with that problem."""
+    membership = read_membership(snapshot)
+    if conf.ssh_key is None:
+        return membership, [f"registrations are not verified: {conf.source} sets no ssh_key "
+                            "(the cluster key nodes sign their registration with)"]
+    try:
+        verified, refused = verify_registrations(snapshot, membership,
+                                                 public_key_of(conf.ssh_key))
+    except SignatureError as error:
+        return membership, [f"registrations are not verified: ssh_key: {error}"]
+    return verified, list(refused.values())
+
+
 @app.command("status")
 def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """The cluster as the repository sees it: nodes, roles, pending tasks.
 
-    A change to allowed_signers that no signer trusted here signed is a problem.
+    Registrations not signed with the cluster key (ssh_key) are problems, not nodes.
     """
     conf = settings(ctx)
     repo = open_repo(ctx)
@@ -269,7 +290,7 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
         snapshot = repo.sync()
     except GitError as error:
         fail(str(error))
-    membership = read_membership(snapshot)
+    membership, refused = _registrations(conf, snapshot)
     trusted = Trust(conf).judge(snapshot).problem
     nodes = [{"mac": m.mac, "ip": m.ip, "hostname": m.hostname,
               "role": "master" if m.mac == membership.master else "node", "cores": m.cores,
@@ -277,7 +298,7 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
              for m in membership.members]
     # Everything in the repository that a person should fix, each with its fix.
     cluster = read_cluster_vars(snapshot)
-    problems = [*membership.problems, *cluster.problems, *config_problems(cluster),
+    problems = [*membership.problems, *refused, *cluster.problems, *config_problems(cluster),
                 *read_signers(snapshot).problems, *([trusted] if trusted else [])]
     if as_json:
         print_json({"master": membership.master, "nodes": nodes, "problems": problems})

@@ -24,6 +24,7 @@ __all__ = [
     "outcome_path",
     "pending_path",
     "queue_dir",
+    "registration_sig_path",
     "seed_files",
     "valid_hostname",
     "valid_task_id",
@@ -80,6 +81,11 @@ def facts_path(mac: str) -> str:
     return f"{NODES_VARS}/{normalize_mac(mac)}.yml"
 
 
+def registration_sig_path(mac: str) -> str:
+    """The node's signature of its registration: its IP and its facts."""
+    return f"{NODES_VARS}/{normalize_mac(mac)}.sig"
+
+
 def queue_dir(mac: str) -> str:
     return f"{QUEUE_DIR}/{normalize_mac(mac)}"
 
@@ -112,6 +118,7 @@ Every file is plain text: read it with `cat`, fix it with an editor, commit, pus
 | `local-vars/allowed_signers` | OpenSSH keys allowed to sign tasks (`picluster trust`) |
 | `local-vars/allowed_signers.sig` | its signature; nodes ignore a change nobody they trust signed |
 | `local-vars/nodes/<mac>.yml` | facts each node reports about itself |
+| `local-vars/nodes/<mac>.sig` | the node's signature of its IP and facts, with the cluster key |
 | `queue/<mac>/<id>.json` | a signed task waiting for that node |
 | `queue/<mac>/done/<id>.json` | its outcome; `rejected/` holds tasks that never ran, with why |
 | `inventory`, `hostfile` | Ansible inventory and MPI hostfile, rendered by the master |

@@ -1,7 +1,7 @@
 """The node agent: the one long-lived process on every node (docs/design.md).
 
 *   An APScheduler job polls git every `poll_interval` (the master's first poll waits
-    `master_grace`): refresh the registration, carry
+    `master_grace`): refresh the registration (signed with the cluster key), carry
     orphaned intents, and move new tasks addressed to this node from git into the local
     huey queue, once each (intake), if a signer this node trusts (picluster.trust)
     signed them.
@@ -146,7 +146,8 @@ class Agent:
 
     def refresh_registration(self) -> None:
         self.node = identify(self.settings)
-        reg = register(self.repo, self.node, self._facts(), designated=self.settings.master)
+        reg = register(self.repo, self.node, self._facts(), designated=self.settings.master,
+                       key=self.settings.ssh_key)
         if reg.commit:
             log.info("registered %s at %s (%s)", reg.mac, reg.ip, ", ".join(reg.changed))
         if reg.is_master != self.is_master:

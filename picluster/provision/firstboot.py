@@ -147,7 +147,7 @@ def set_hostname(settings: Settings) -> bool:
 
 
 def join(settings: Settings, *, timeout: float | None = None) -> Registration:
-    """Clone the cluster repository and register (claiming
+    """Clone the cluster repository and register (signed with the cluster key, claiming
     `master` when due), retrying with backoff while the network or the git server is not
     there yet; BootError once `timeout` seconds (None: never) have passed.  A node that
     trusts no signer yet trusts those of its first clone."""
@@ -159,7 +159,7 @@ def join(settings: Settings, *, timeout: float | None = None) -> Registration:
         if deadline is not None:  # git's own retries end when boot's do
             repo.deadline = max(deadline - time.monotonic(), 0.0)
         registration = register(repo, node, reported_facts(settings),
-                                designated=settings.master)
+                                designated=settings.master, key=settings.ssh_key)
         Trust(settings).follow(repo.snapshot())
         return registration
 
