@@ -30,7 +30,7 @@ from picluster.files import install_file
 from picluster.proc import CommandError, run
 
 __all__ = ["NAMESPACE", "NODE_NAMESPACE", "TRUST_NAMESPACE", "AllowedSigners", "SignatureError",
-           "public_key", "public_key_of", "sign", "signer_line"]
+           "public_key", "public_key_of", "sign", "signed_by", "signer_line"]
 
 NAMESPACE = "picluster-task"  # tasks
 TRUST_NAMESPACE = "picluster-trust"  # local-vars/allowed_signers itself
@@ -148,6 +148,20 @@ def _valid_now(after: str | None, before: str | None) -> bool:
     return (after is None or parse(after) <= now) and (before is None or now < parse(before))
 
 
+def _signer_key(message: bytes, signature: str, namespace: str) -> sshsig.PublicKey:
+    try:
+        return sshsig.check_signature(message, signature, namespace)
+    except (sshsig.InvalidSignature, ValueError, NotImplementedError) as error:
+        detail = f" ({error})" if str(error) else ""
+        raise SignatureError(f"the signature does not verify{detail}") from None
+
+
+def signed_by(message: bytes, signature: str, namespace: str) -> str:
+    """The fingerprint of whichever key made `signature` of `message` in `namespace`:
+    proof that these are the bytes it signed, not that the key is trusted."""
+    return _signer_key(message, signature, namespace).sha256_str()
+
+
 @dataclass(frozen=True)
 class _Entry:
     principals: tuple[str, ...]
@@ -196,11 +210,7 @@ class AllowedSigners:
         if not self.entries:
             raise SignatureError(f"no trusted {_SIGNERS_OF[self.namespace]}; "
                                  f"{_ADD_ONE[self.namespace]}")
-        try:
-            key = sshsig.check_signature(message, signature, self.namespace)
-        except (sshsig.InvalidSignature, ValueError, NotImplementedError) as error:
-            detail = f" ({error})" if str(error) else ""
-            raise SignatureError(f"the signature does not verify{detail}") from None
+        key = _signer_key(message, signature, self.namespace)
         for entry in self.entries:
             if entry.key != key:
                 continue

@@ -33,6 +33,7 @@ from picluster.signing import (
     AllowedSigners,
     SignatureError,
     sign,
+    signed_by,
 )
 
 __all__ = ["Trust", "TrustError", "Verdict", "judge"]
@@ -70,13 +71,24 @@ def judge(pinned: str | None, current: str | None, signature: str | None) -> Ver
     path = layout.ALLOWED_SIGNERS
     current = current or ""
     if pinned is None:
-        count = len(_signers(current, path).entries)
-        if not count:
+        found = _signers(current, path).entries
+        if not found:
             return Verdict("")  # nothing to trust yet: no task runs, each says why
+        if signature is not None:
+            # Changed since it was signed: a plain push on top of a signed file.  (Who
+            # signed, this node cannot tell yet: a rotation is signed by a key it drops.)
+            try:
+                signed_by(current.encode(), signature, TRUST_NAMESPACE)
+            except SignatureError as error:
+                return Verdict("", problem=(
+                    f"{path}: changed since it was signed ({layout.ALLOWED_SIGNERS_SIG}: "
+                    f"{error}); trusting no signer until an operator signs it (`picluster "
+                    "trust --sign`) or the card holds a trust anchor (prepare-boot --signer)"))
+        names = ", ".join(sorted({name for entry in found for name in entry.principals}))
         return Verdict(current, news=(
-            f"trust on first use: this node now trusts the {count} task signer(s) of {path} "
-            "as it found them; from now on it takes a change only when one of them signs "
-            "it (prepare the card with --signer to anchor trust instead)"))
+            f"trust on first use: trusting the task signers of {path} as found ({names}); "
+            "from now on a change counts only when one of them signs it (prepare the card "
+            "with --signer to anchor trust instead)"))
     if _lines(current) == _lines(pinned):
         return Verdict(pinned)
     if signature is None:
