@@ -3,8 +3,8 @@
 *   An APScheduler job polls git every `poll_interval` (the master's first poll waits
     `master_grace`): refresh the registration (signed with the cluster key), carry
     orphaned intents, and move new tasks addressed to this node from git into the local
-    huey queue, once each (intake), if a signer this node trusts (picluster.trust)
-    signed them.
+    huey queue, once each (intake), checked against the signers this node trusts
+    (picluster.trust).
 *   huey's consumer threads run the tasks.  They never touch git: a task's outcome is
     stored in huey's SQLite first (the outbox) ...
 *   ... and a flusher thread pushes outcomes, each with the removal of its pending file,
