@@ -16,10 +16,12 @@ from helpers import Cluster, ip_of, keypair, mac_of, run_cli, wait_until
 
 from picluster import layout
 from picluster.master.members import Members
+from picluster.node import catalogue
 from picluster.queue import enqueue, make_task, outcome_of
-from picluster.registry import read_membership
+from picluster.registry import read_membership, verify_registrations
 from picluster.settings import Settings
-from picluster.signing import NODE_NAMESPACE, TRUST_NAMESPACE, sign, signer_line
+from picluster.signing import NODE_NAMESPACE, TRUST_NAMESPACE, public_key_of, sign, signer_line
+from picluster.tasks import TaskContext
 from picluster.trust import judge
 
 NODE = mac_of(1)
@@ -292,6 +294,23 @@ def test_a_forged_registration_never_reaches_the_masters_views(cluster: Cluster,
                    for p in status["problems"]), status["problems"]
     log = log_of(master)
     assert log.count(f"ip/{mac_of(9)}: the registration of") == 1  # once per change
+
+
+def test_a_task_that_registers_signs_what_it_registers(cluster: Cluster,
+                                                       tmp_path: Path) -> None:
+    # The register and ganglia tasks re-register (new facts) with their outcome: a
+    # registration that lost its signature would drop the node from the views meanwhile.
+    cluster_key = keypair(tmp_path / "cluster_key", "cluster")
+    settings = Settings.load(cluster.node_config(1, ssh_key=cluster_key))
+    task = make_task(NODE, "register", {}, "operator")
+    for cores in (2, 4):
+        context = TaskContext(settings, task, lambda cores=cores: {"cores": cores})
+        catalogue.get("register")({}, context)  # type: ignore[misc]
+        cluster.operator_repo().transact(context.ops, "register by task")
+        snapshot = cluster.snapshot()
+        verified, refused = verify_registrations(snapshot, read_membership(snapshot),
+                                                 public_key_of(cluster_key))
+        assert refused == {} and verified.get(NODE).cores == cores  # type: ignore[union-attr]
 
 
 def test_a_master_without_the_cluster_key_warns_once_and_status_says_so(
