@@ -291,7 +291,7 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     except GitError as error:
         fail(str(error))
     membership, refused = _registrations(conf, snapshot)
-    trusted = Trust(conf).judge(snapshot).problem
+    ignored = Trust(conf).judge(snapshot).problem  # a change of allowed_signers
     nodes = [{"mac": m.mac, "ip": m.ip, "hostname": m.hostname,
               "role": "master" if m.mac == membership.master else "node", "cores": m.cores,
               "pending": len(pending_tasks(snapshot, m.mac))}
@@ -299,7 +299,7 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     # Everything in the repository that a person should fix, each with its fix.
     cluster = read_cluster_vars(snapshot)
     problems = [*membership.problems, *refused, *cluster.problems, *config_problems(cluster),
-                *read_signers(snapshot).problems, *([trusted] if trusted else [])]
+                *read_signers(snapshot).problems, *([ignored] if ignored else [])]
     if as_json:
         print_json({"master": membership.master, "nodes": nodes, "problems": problems})
         return

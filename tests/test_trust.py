@@ -171,6 +171,10 @@ def test_the_cards_anchor_is_installed_outside_the_clone_and_wins(cluster: Clust
     card = tmp_path / "bootfs"
     card.mkdir()
     cluster_key = keypair(tmp_path / "cluster_key", "cluster")
+    refused = run_cli("prepare-boot", str(card), "--force", "--repo", str(cluster.bare),
+                      "--key", str(cluster_key), "--signer", str(cluster.operator_key))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "--signer" in refused.stderr and list(card.iterdir()) == []
     done = run_cli("prepare-boot", str(card), "--force", "--repo", str(cluster.bare),
                    "--key", str(cluster_key), "--signer", f"{cluster.operator_key}.pub")
     assert done.returncode == 0, done.stderr
@@ -203,6 +207,13 @@ def test_the_cards_anchor_is_installed_outside_the_clone_and_wins(cluster: Clust
     assert rejected["status"] == "rejected"  # type: ignore[index]
     # The registration boot made is signed with the cluster key on the card.
     assert cluster.snapshot().read(layout.registration_sig_path(NODE))
+
+
+def test_an_anchor_that_cannot_be_read_stops_the_agent_with_one_line(cluster: Cluster) -> None:
+    config = cluster.node_config(1, trust_anchor="absent_signers")
+    done = run_cli("agent", config=config, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "trust_anchor" in done.stderr and "absent_signers" in done.stderr
 
 
 def test_what_a_node_makes_of_the_repositorys_signers(tmp_path: Path) -> None:
