@@ -15,14 +15,21 @@ from rich.text import Text
 
 from picluster import layout
 from picluster.ganglia import config_problems
-from picluster.gitstore import ClusterRepo, GitError, Put, Snapshot, init_bare
+from picluster.gitstore import ClusterRepo, GitError, Snapshot, init_bare
 from picluster.identity import IdentityError, identify, writer_name
 from picluster.node import catalogue, reported_facts
 from picluster.provision import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
-from picluster.registry import read_cluster_vars, read_membership, register
+from picluster.registry import (
+    Membership,
+    read_cluster_vars,
+    read_membership,
+    register,
+    verify_registrations,
+)
 from picluster.settings import ConfigError, Settings
-from picluster.signing import SignatureError, signer_line
+from picluster.signing import SignatureError, public_key_of, signer_line
+from picluster.trust import Trust, TrustError
 from picluster.version import __version__
 
 __all__ = ["app", "main"]
@@ -96,14 +103,20 @@ def main_options(
 def init_repo_command(
     path: Annotated[Path, typer.Argument(help="Where to create the bare repository.")],
     signer: Annotated[Path | None, typer.Option(
-        help="An OpenSSH public key file to trust as task signer.")] = None,
+        help="An OpenSSH public key file to trust as the operator: it signs tasks and "
+             "changes to allowed_signers.")] = None,
     name: Annotated[str, typer.Option(help="The signer's name.")] = "operator",
 ) -> None:
-    """Create a bare cluster repository: ip/, queue/, local-vars/, a README; no master yet."""
+    """Create a bare cluster repository: ip/, queue/, local-vars/, a README; no master yet.
+
+    Nodes trust the signer from their card (prepare-boot --signer), else as they find
+    it at their first clone.
+    """
     files = layout.seed_files()
     if signer is not None:
         try:
-            files[layout.ALLOWED_SIGNERS] += signer_line(signer.read_text(), name) + "\n"
+            files[layout.ALLOWED_SIGNERS] += signer_line(signer.read_text(), name,
+                                                         admin=True) + "\n"
         except (OSError, SignatureError) as error:
             fail(f"{signer}: {getattr(error, 'strerror', None) or error}", EXIT_USAGE)
     try:
@@ -123,8 +136,8 @@ def register_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     try:
         node = identify(conf)
         result = register(ClusterRepo.from_settings(conf, node.mac), node, reported_facts(conf),
-                          designated=conf.master)
-    except IdentityError as error:
+                          designated=conf.master, key=conf.ssh_key)
+    except (IdentityError, SignatureError) as error:
         fail(str(error), EXIT_USAGE)
     except GitError as error:
         fail(str(error))
@@ -202,47 +215,93 @@ def enqueue_command(
 @app.command("trust")
 def trust_command(
     ctx: typer.Context,
-    pubkey: Annotated[str, typer.Argument(help="OpenSSH public key, or a .pub file.")],
+    pubkey: Annotated[str | None, typer.Argument(
+        help="OpenSSH public key, or a .pub file.")] = None,
     name: Annotated[str, typer.Option(help="The signer's name (tasks name it as producer).")]
     = "operator",
+    admin: Annotated[bool, typer.Option(
+        "--admin", help="Let the key sign changes to allowed_signers too (an operator's "
+                        "key; never the cluster key, which every card holds).")] = False,
+    sign_as_is: Annotated[bool, typer.Option(
+        "--sign", help="Instead of adding a key, sign local-vars/allowed_signers as it is "
+                       "in the repository (after editing it by hand).")] = False,
 ) -> None:
-    """Allow the holder of PUBKEY to sign tasks (adds it to local-vars/allowed_signers)."""
+    """Allow the holder of PUBKEY to sign tasks (adds it to local-vars/allowed_signers).
+
+    Signs the new file with signing_key, which must be an --admin signer the nodes trust.
+    """
+    conf = settings(ctx)
+    if conf.signing_key is None:
+        fail(f"{conf.source}: key 'signing_key' is not set; `trust` signs allowed_signers "
+             "with it (nodes ignore a change no signer they trust signed)", EXIT_USAGE)
+    key, trust = conf.signing_key, Trust(conf)
+    if sign_as_is == (pubkey is not None):
+        fail("give either PUBKEY (to add a key) or --sign (to sign the file as it is)",
+             EXIT_USAGE)
+    if pubkey is None:
+        try:
+            result = open_repo(ctx).transact(lambda tip: trust.endorse(tip, key),
+                                             f"sign {layout.ALLOWED_SIGNERS} as it is")
+        except (SignatureError, TrustError) as error:
+            fail(str(error), EXIT_USAGE)
+        except GitError as error:
+            fail(str(error))
+        out.print(f"{layout.ALLOWED_SIGNERS} {'is now' if result.commit else 'was already'} "
+                  f"signed as it is, with {key}", highlight=False)
+        return
     text = Path(pubkey).read_text() if Path(pubkey).is_file() else pubkey
     try:
-        line = signer_line(text.strip(), name)
+        line = signer_line(text.strip(), name, admin=admin)
     except SignatureError as error:
         fail(f"{pubkey}: {error}", EXIT_USAGE)
-
-    def add(snapshot: Snapshot) -> list[Put]:
-        current = snapshot.read(layout.ALLOWED_SIGNERS) or ""
-        if line in current.splitlines():
-            return []
-        return [Put(layout.ALLOWED_SIGNERS, current.rstrip("\n") + "\n" + line + "\n")]
-
     try:
-        result = open_repo(ctx).transact(add, f"trust task signer {name}")
+        result = open_repo(ctx).transact(lambda tip: trust.add(tip, line, key),
+                                         f"trust {'admin' if admin else 'task'} signer {name}")
+    except (SignatureError, TrustError) as error:
+        fail(str(error), EXIT_USAGE)
     except GitError as error:
         fail(str(error))
-    out.print(f"{name} {'is now' if result.commit else 'was already'} a trusted task signer")
+    out.print(f"{name} {'is now' if result.commit else 'was already'} a trusted task signer"
+              + (", and may change allowed_signers" if admin else ""))
+
+
+def _registrations(conf: Settings, snapshot: Snapshot) -> tuple[Membership, list[str]]:
+    """The membership the master acts on (registrations the cluster key signed), and the
+    problems of the others; without the cluster key, all of it, with that problem."""
+    membership = read_membership(snapshot)
+    if conf.ssh_key is None:
+        return membership, [f"registrations are not verified: {conf.source} sets no ssh_key "
+                            "(the cluster key nodes sign their registration with)"]
+    try:
+        verified, refused = verify_registrations(snapshot, membership,
+                                                 public_key_of(conf.ssh_key))
+    except SignatureError as error:
+        return membership, [f"registrations are not verified: ssh_key: {error}"]
+    return verified, list(refused.values())
 
 
 @app.command("status")
 def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """The cluster as the repository sees it: nodes, roles, pending tasks."""
+    """The cluster as the repository sees it: nodes, roles, pending tasks.
+
+    Registrations not signed with the cluster key (ssh_key) are problems, not nodes.
+    """
+    conf = settings(ctx)
     repo = open_repo(ctx)
     try:
         snapshot = repo.sync()
     except GitError as error:
         fail(str(error))
-    membership = read_membership(snapshot)
+    membership, refused = _registrations(conf, snapshot)
+    ignored = Trust(conf).judge(snapshot).problem  # a change of allowed_signers
     nodes = [{"mac": m.mac, "ip": m.ip, "hostname": m.hostname,
               "role": "master" if m.mac == membership.master else "node", "cores": m.cores,
               "pending": len(pending_tasks(snapshot, m.mac))}
              for m in membership.members]
     # Everything in the repository that a person should fix, each with its fix.
     cluster = read_cluster_vars(snapshot)
-    problems = [*membership.problems, *cluster.problems, *config_problems(cluster),
-                *read_signers(snapshot).problems]
+    problems = [*membership.problems, *refused, *cluster.problems, *config_problems(cluster),
+                *read_signers(snapshot).problems, *([ignored] if ignored else [])]
     if as_json:
         print_json({"master": membership.master, "nodes": nodes, "problems": problems})
         return
@@ -319,7 +378,7 @@ def agent_command(ctx: typer.Context) -> None:
     conf = settings(ctx)
     try:
         agent = Agent(conf)
-    except IdentityError as error:
+    except (IdentityError, SignatureError, TrustError) as error:
         fail(str(error), EXIT_USAGE)
     agent.run()
 
@@ -345,16 +404,23 @@ def prepare_boot_command(
     package: Annotated[str, typer.Option(
         help="What the node pip-installs, e.g. picluster==1.0 or git+https://...")]
     = DEFAULT_PACKAGE,
+    signer: Annotated[Path | None, typer.Option(
+        help="The operator's OpenSSH public key file: the node trusts it from its first "
+             "boot, whatever the repository says (its trust anchor).")] = None,
+    signer_name: Annotated[str, typer.Option(
+        help="The signer's name in the anchor, as in allowed_signers.")] = "operator",
 ) -> None:
     """Make an SD card's boot partition boot a node of the cluster (never `dd`s).
 
-    Writes picluster.conf, the cluster key, the `ssh` file, and the first-boot hooks that
-    install picluster and run `picluster boot`: cloud-init's user-data, and on images
-    without cloud-init picluster-firstrun.sh through cmdline.txt.
+    Writes picluster.conf, the cluster key, with --signer the trust anchor, the `ssh`
+    file, and the first-boot hooks that install picluster and run `picluster boot`:
+    cloud-init's user-data, and on images without cloud-init picluster-firstrun.sh
+    through cmdline.txt.
     """
     try:
         done = prepare_boot(boot_dir, repo=repo, key=key, master=master, hostname=hostname,
-                            force=force, mount=mount, package=package)
+                            force=force, mount=mount, package=package, signer=signer,
+                            signer_name=signer_name)
     except BootError as error:
         fail(str(error), error.code)
     role = "the master" if master else "a node"

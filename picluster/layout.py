@@ -10,6 +10,7 @@ import re
 
 __all__ = [
     "ALLOWED_SIGNERS",
+    "ALLOWED_SIGNERS_SIG",
     "CLUSTER_VARS",
     "HOSTFILE",
     "INVENTORY",
@@ -23,6 +24,7 @@ __all__ = [
     "outcome_path",
     "pending_path",
     "queue_dir",
+    "registration_sig_path",
     "seed_files",
     "valid_hostname",
     "valid_task_id",
@@ -34,6 +36,8 @@ QUEUE_DIR = "queue"
 LOCAL_VARS = "local-vars"
 CLUSTER_VARS = f"{LOCAL_VARS}/cluster.yml"
 ALLOWED_SIGNERS = f"{LOCAL_VARS}/allowed_signers"
+# An OpenSSH signature of allowed_signers' exact bytes by a signer the nodes trust.
+ALLOWED_SIGNERS_SIG = f"{ALLOWED_SIGNERS}.sig"
 NODES_VARS = f"{LOCAL_VARS}/nodes"
 INVENTORY = "inventory"
 HOSTFILE = "hostfile"
@@ -77,6 +81,11 @@ def facts_path(mac: str) -> str:
     return f"{NODES_VARS}/{normalize_mac(mac)}.yml"
 
 
+def registration_sig_path(mac: str) -> str:
+    """The node's signature of its registration: its IP and its facts."""
+    return f"{NODES_VARS}/{normalize_mac(mac)}.sig"
+
+
 def queue_dir(mac: str) -> str:
     return f"{QUEUE_DIR}/{normalize_mac(mac)}"
 
@@ -107,7 +116,9 @@ Every file is plain text: read it with `cat`, fix it with an editor, commit, pus
 | `ip/<mac>` | IPv4 of each live node, one line; `cat ip/*` lists the cluster |
 | `local-vars/cluster.yml` | cluster settings (ssh user, ports, timings) |
 | `local-vars/allowed_signers` | OpenSSH keys allowed to sign tasks (`picluster trust`) |
+| `local-vars/allowed_signers.sig` | its signature; nodes ignore a change nobody they trust signed |
 | `local-vars/nodes/<mac>.yml` | facts each node reports about itself |
+| `local-vars/nodes/<mac>.sig` | the node's signature of its IP and facts, with the cluster key |
 | `queue/<mac>/<id>.json` | a signed task waiting for that node |
 | `queue/<mac>/done/<id>.json` | its outcome; `rejected/` holds tasks that never ran, with why |
 | `inventory`, `hostfile` | Ansible inventory and MPI hostfile, rendered by the master |
@@ -127,6 +138,8 @@ ssh_user: root
 _ALLOWED_SIGNERS = """\
 # OpenSSH allowed signers (man ssh-keygen, ALLOWED SIGNERS): keys whose signed tasks run.
 # Add one with: picluster trust ~/.ssh/id_ed25519.pub --name you
+# Nodes accept a change to this file only with allowed_signers.sig beside it, signed by a
+# signer they already trust (`picluster trust` writes both).
 """
 
 

@@ -93,18 +93,20 @@ def pending_tasks(snapshot: Snapshot, mac: str) -> list[str]:
 
 
 def read_signers(snapshot: Snapshot) -> AllowedSigners:
-    """The keys trusted to sign tasks, with the problems of any line that is not one."""
+    """The keys the repository's file lists for tasks, with the problems of any line that
+    is not one.  Nodes verify against the signers they trust (picluster.trust), never
+    against this file directly."""
     return AllowedSigners.parse(snapshot.read(layout.ALLOWED_SIGNERS) or "",
                                 layout.ALLOWED_SIGNERS)
 
 
-def scan(snapshot: Snapshot, mac: str, catalogue: Catalogue,
-         known: Container[str] = ()) -> list[Pending]:
+def scan(snapshot: Snapshot, mac: str, catalogue: Catalogue, known: Container[str] = (), *,
+         signers: AllowedSigners) -> list[Pending]:
     """Every pending file in ``queue/<mac>/`` but those `known` (by id), each validated:
-    schema, address, name, signature, arguments, expiry, and that it has not already run.
-    Directories in the queue (done/, rejected/, anything else) are never read."""
+    schema, address, name, signature (by one of `signers`: those the node trusts),
+    arguments, expiry, and that it has not already run.  Directories in the queue (done/,
+    rejected/, anything else) are never read."""
     folder = layout.queue_dir(mac)
-    signers = read_signers(snapshot)
     return [_check(snapshot, mac, f"{folder}/{name}", name, signers, catalogue)
             for name in snapshot.listdir(folder, files=True)
             if name != ".gitkeep" and name.removesuffix(".json") not in known]

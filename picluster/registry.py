@@ -3,20 +3,28 @@
 Everything here reads a `Snapshot` or returns ops for `ClusterRepo.transact`; nothing
 else touches git.  Malformed files are reported with their path, line and fix, and are
 never deleted or overwritten on a node's behalf.
+
+A node signs its registration (its IP and its facts) with the cluster key every member
+holds; the master acts only on registrations that verify (`verify_registrations`), so
+whoever can push but lacks the cluster key cannot put an address or a host key into the
+inventory, hostfile, known_hosts, Ganglia or the NFS exports.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import yaml
 
 from picluster import layout
 from picluster.gitstore import ClusterRepo, Create, Op, Put, Remove, Snapshot
 from picluster.identity import NodeIdentity
+from picluster.signing import NODE_NAMESPACE, AllowedSigners, SignatureError, sign
 
 __all__ = [
     "ClusterVars",
@@ -26,8 +34,10 @@ __all__ = [
     "read_cluster_vars",
     "read_membership",
     "register",
+    "registration_message",
     "registration_ops",
     "unregister_ops",
+    "verify_registrations",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,8 +57,9 @@ class Member:
 
     @property
     def hostname(self) -> str:
-        """The hostname the node reported, if it is a plain one; else its IP.  (Facts are
-        unsigned and end up in the inventory and Ganglia's configs.)"""
+        """The hostname the node reported, if it is a plain one; else its IP.  (Facts end
+        up in the inventory and Ganglia's configs, and a signature proves only who wrote
+        them.)"""
         name = self.facts.get("hostname")
         return name if isinstance(name, str) and layout.valid_hostname(name, dotted=True) \
             else self.ip
@@ -198,17 +209,67 @@ def _facts_text(mac: str, facts: dict[str, object]) -> str:
             + yaml.safe_dump(facts, sort_keys=True, default_flow_style=False))
 
 
-def registration_ops(node: NodeIdentity, facts: dict[str, object] | None = None) -> list[Op]:
-    """The ops of one registration: the IP file, the facts, and `master` if absent.
+def registration_message(mac: str, ip: str, facts_text: str) -> bytes:
+    """What a node signs when it registers: its MAC, its IP and its facts file's text."""
+    return (f"picluster registration\nmac {mac}\nip {ip}\n{layout.facts_path(mac)}:\n"
+            f"{facts_text}").encode()
+
+
+@functools.lru_cache(maxsize=8)
+def _signature(message: bytes, key: Path) -> str:
+    # A node registers at every poll: one ssh-keygen per change, not per poll (and an
+    # ECDSA signature, which differs at each signing, makes no commit per poll).
+    (signature,) = sign([message], key, NODE_NAMESPACE)
+    return signature
+
+
+def registration_ops(node: NodeIdentity, facts: dict[str, object] | None = None, *,
+                     key: Path | None = None) -> list[Op]:
+    """The ops of one registration: the IP file, the facts (signed with the cluster key
+    `key`, when given), and `master` if absent.
 
     `master` is only ever created, never overwritten: whichever registration reaches
     main first wins, and the repository decides that, race-free.
     """
     ops: list[Op] = [Put(layout.ip_path(node.mac), f"{node.ip}\n")]
     if facts is not None:
-        ops.append(Put(layout.facts_path(node.mac), _facts_text(node.mac, facts)))
+        text = _facts_text(node.mac, facts)
+        ops.append(Put(layout.facts_path(node.mac), text))
+        if key is not None:
+            ops.append(Put(layout.registration_sig_path(node.mac),
+                           _signature(registration_message(node.mac, node.ip, text), key)))
     ops.append(Create(layout.MASTER, f"{node.mac}\n"))
     return ops
+
+
+def verify_registrations(snapshot: Snapshot, membership: Membership,
+                         cluster_key: str) -> tuple[Membership, dict[str, str]]:
+    """`membership` less the members whose registration the cluster key (`cluster_key`,
+    its public half) did not sign, and why each of those is left out, by MAC."""
+    judge = AllowedSigners.parse(f'cluster namespaces="{NODE_NAMESPACE}" {cluster_key}',
+                                 "the cluster key", NODE_NAMESPACE)
+    kept, refused = [], {}
+    for member in membership.members:
+        path = layout.registration_sig_path(member.mac)
+        signature = snapshot.read(path)
+        if signature is None:
+            why = f"there is no {path}"
+        else:
+            try:
+                judge.verify(registration_message(
+                    member.mac, member.ip, snapshot.read(layout.facts_path(member.mac)) or ""),
+                    signature)
+            except SignatureError as error:
+                why = f"{path}: {error}"
+            else:
+                kept.append(member)
+                continue
+        refused[member.mac] = (
+            f"{layout.ip_path(member.mac)}: the registration of {member.ip} does not verify "
+            f"({why}); left out of the inventory, hostfile, known_hosts, Ganglia and pings. "
+            f"A node signs its IP and {layout.facts_path(member.mac)} into {path} with the "
+            "cluster key (ssh_key)")
+    return replace(membership, members=tuple(kept)), refused
 
 
 def unregister_ops(mac: str, ip: str) -> list[Op]:
@@ -237,9 +298,11 @@ class Registration:
 
 
 def register(repo: ClusterRepo, node: NodeIdentity, facts: dict[str, object] | None = None,
-             *, designated: bool = False) -> Registration:
-    """Register `node` (the seed's ip2file + up2git + master check) and push."""
-    result = repo.transact(registration_ops(node, facts), f"register {node.mac} at {node.ip}")
+             *, designated: bool = False, key: Path | None = None) -> Registration:
+    """Register `node` (the seed's ip2file + up2git + master check), signed with the
+    cluster key `key` when given, and push."""
+    result = repo.transact(registration_ops(node, facts, key=key),
+                           f"register {node.mac} at {node.ip}")
     master, problem = read_master(repo.snapshot())
     if problem:
         log.warning("%s", problem)

@@ -233,6 +233,9 @@ class Settings:
         _path, "private key that `enqueue` signs tasks with"))
     signer: str = field(default="operator", metadata=_key(
         _text, "the name tasks are signed as: its entry in allowed_signers"))
+    trust_anchor: Path | None = field(default=None, metadata=_key(
+        _path, "allowed-signers file on the card (prepare-boot --signer): the signers this "
+               "node trusts from its first boot, whatever the repository says"))
     user: str | None = field(default=None, metadata=_key(
         _text, "local account that runs the agent and owns the keys (None: root)"))
     # The lab points user_ssh_dir and etc_dir into each node's own directory.
@@ -361,6 +364,22 @@ class Settings:
     def ganglia_state(self) -> Path:
         """The Ganglia config this node last applied (JSON with its digest, a fact)."""
         return self.rendered_dir / "ganglia.json"
+
+    @property
+    def trust_dir(self) -> Path:
+        """The signers this node trusts, outside the clone that any writer can change."""
+        return self.home / "trust"
+
+    @property
+    def trusted_signers(self) -> Path:
+        """The allowed signers this node verifies tasks against: the card's anchor, or
+        what it pinned at its first clone, then each change a signer in it signed."""
+        return self.trust_dir / "allowed_signers"
+
+    @property
+    def installed_anchor(self) -> Path:
+        """The card's anchor as last installed: a new one replaces the trusted signers."""
+        return self.trust_dir / "anchor"
 
     @property
     def account_ssh_dir(self) -> Path:

@@ -31,9 +31,10 @@ def master(cluster: Cluster) -> Master:
     settings = Settings.load(cluster.node_config(1, ssh_key=cluster.operator_key,
                                                  prune_after=2))
     repo = cluster.operator_repo()
-    for number in (1, 2, 3):
+    for number in (1, 2, 3):  # signed with the cluster key, as nodes do
         register(repo, NodeIdentity(mac_of(number), ip_of(number)),
-                 {"cores": 2, "host_key": KEY, "hostname": f"pi-{number}"})
+                 {"cores": 2, "host_key": KEY, "hostname": f"pi-{number}"},
+                 key=cluster.operator_key)
     repo.sync()
     return Master(settings, repo, lambda: NodeIdentity(mac_of(1), ip_of(1)), NoDaemons())
 
@@ -150,7 +151,8 @@ def test_a_pruned_node_that_registers_again_is_back(master: Master,
     master.ping()
     master.ping()
     assert members(master) == {mac_of(1)}
-    register(master.repo, NodeIdentity(mac_of(2), ip_of(2)), {"host_key": KEY})
+    register(master.repo, NodeIdentity(mac_of(2), ip_of(2)), {"host_key": KEY},
+             key=master.settings.ssh_key)
     master.repo.sync()
     master.render()
     assert ip_of(2) in master.settings.hostfile.read_text()

@@ -4,23 +4,30 @@ from dataclasses import replace
 from helpers import Cluster, keypair, mac_of
 
 from picluster.gitstore import Put
-from picluster.queue import enqueue, make_task, scan
+from picluster.queue import Pending, enqueue, make_task, read_signers, scan
 from picluster.tasks import catalogue
 
 NODE = mac_of(1)
 
 
+def scanned(cluster: Cluster, known: set[str] | None = None) -> list[Pending]:
+    """NODE's queue, checked against the signers the repository lists (a node checks
+    against those it trusts: picluster.trust, tests/test_trust.py)."""
+    snapshot = cluster.snapshot()
+    return scan(snapshot, NODE, catalogue, known or set(), signers=read_signers(snapshot))
+
+
 def rejections(cluster: Cluster) -> dict[str, str]:
-    pending = scan(cluster.snapshot(), NODE, catalogue)
+    pending = scanned(cluster)
     return {p.path.rsplit("/", 1)[1]: p.rejection.error for p in pending if p.rejection}
 
 
 def test_a_signed_task_passes(cluster: Cluster) -> None:
     (task,) = enqueue(cluster.operator_repo(), [make_task(NODE, "echo", {"a": 1}, "operator")],
                       cluster.operator_key)
-    (pending,) = scan(cluster.snapshot(), NODE, catalogue)
+    (pending,) = scanned(cluster)
     assert pending.task == task and pending.rejection is None
-    assert scan(cluster.snapshot(), NODE, catalogue, known={task.id}) == []
+    assert scanned(cluster, known={task.id}) == []
 
 
 def test_bad_tasks_are_rejected_with_the_reason(cluster: Cluster) -> None:
@@ -59,7 +66,7 @@ def test_bad_tasks_are_rejected_with_the_reason(cluster: Cluster) -> None:
 def test_a_rejection_keeps_the_original_and_gets_a_safe_name(cluster: Cluster) -> None:
     repo = cluster.operator_repo()
     repo.transact([Put(f"queue/{NODE}/we ird!.json", "{broken")], "weird name")
-    (pending,) = scan(cluster.snapshot(), NODE, catalogue)
+    (pending,) = scanned(cluster)
     outcome = pending.rejection
     assert outcome is not None and outcome.original == "{broken"
     assert outcome.path() == f"queue/{NODE}/rejected/invalid-we-ird.json"
@@ -70,5 +77,5 @@ def test_a_task_that_already_ran_is_not_run_again(cluster: Cluster) -> None:
     (task,) = enqueue(repo, [make_task(NODE, "echo", {}, "operator")], cluster.operator_key)
     done = {"id": task.id, "node": NODE, "status": "ok"}
     repo.transact([Put(f"queue/{NODE}/done/{task.id}.json", json.dumps(done))], "replayed")
-    (pending,) = scan(cluster.snapshot(), NODE, catalogue)
+    (pending,) = scanned(cluster)
     assert pending.rejection and "never runs twice" in pending.rejection.error

@@ -11,7 +11,7 @@ from helpers import Cluster, keypair, mac_of, run_cli, wait_until
 from picluster import ganglia, layout
 from picluster.ganglia import SCHEMA, GangliaConfig, gmetad_conf, gmond_conf
 from picluster.node import catalogue
-from picluster.queue import enqueue, make_task, scan
+from picluster.queue import enqueue, make_task, read_signers, scan
 from picluster.registry import ClusterVars, Member, Membership
 from picluster.schema import (
     ArgError,
@@ -226,8 +226,10 @@ def test_scan_checks_the_arguments_of_signed_tasks_only(cluster: Cluster) -> Non
                         cluster.operator_key)
     (forged,) = enqueue(repo, [make_task(NODE, "sleep", bad, "operator")],
                         keypair(cluster.root / "mallory"))
+    snapshot = cluster.snapshot()
     found = {p.path.rsplit("/", 1)[1]: p.rejection.error
-             for p in scan(cluster.snapshot(), NODE, catalogue) if p.rejection}
+             for p in scan(snapshot, NODE, catalogue, signers=read_signers(snapshot))
+             if p.rejection}
     assert "'seconds' must be a duration of 0 to 3600 seconds" in found[f"{signed.id}.json"]
     assert "not a trusted signer" in found[f"{forged.id}.json"]  # who, before what
 

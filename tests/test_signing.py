@@ -3,7 +3,15 @@ from pathlib import Path
 import pytest
 from helpers import keypair
 
-from picluster.signing import AllowedSigners, SignatureError, sign, signer_line
+from picluster.signing import (
+    NAMESPACE,
+    TRUST_NAMESPACE,
+    AllowedSigners,
+    SignatureError,
+    sign,
+    signed_by,
+    signer_line,
+)
 
 
 @pytest.fixture
@@ -74,3 +82,24 @@ def test_a_key_outside_its_validity_window_signs_nothing(alice: Path) -> None:
     current.verify(b"x", signature, "alice")
     authority = signers(f'alice cert-authority,namespaces="picluster-task" {key}')
     assert authority.entries == () and "not supported" in authority.problems[0]
+
+
+def test_each_purpose_signs_in_its_own_namespace(alice: Path, tmp_path: Path) -> None:
+    text = alice.with_suffix(".pub").read_text()
+    admin, tasks_only = signer_line(text, "alice", admin=True), signer_line(text, "alice")
+    assert 'namespaces="picluster-task,picluster-trust"' in admin
+    (for_trust,) = sign([b"file"], alice, TRUST_NAMESPACE)
+    (for_task,) = sign([b"file"], alice, NAMESPACE)
+    assert AllowedSigners.parse(admin, "x", TRUST_NAMESPACE).verify(b"file", for_trust) == "alice"
+    with pytest.raises(SignatureError, match="no trusted signers allowed to change"):
+        AllowedSigners.parse(tasks_only, "x", TRUST_NAMESPACE).verify(b"file", for_trust)
+    with pytest.raises(SignatureError, match="does not verify"):  # a task's is no trust's
+        AllowedSigners.parse(admin, "x", TRUST_NAMESPACE).verify(b"file", for_task)
+    assert signed_by(b"file", for_trust, TRUST_NAMESPACE).startswith("SHA256:")
+
+
+def test_a_key_others_can_read_signs_from_a_private_copy(alice: Path) -> None:
+    alice.chmod(0o644)  # as a boot partition (FAT) shows it
+    (signature,) = sign([b"x"], alice)
+    signers(signer_line(alice.with_suffix(".pub").read_text(), "alice")).verify(
+        b"x", signature, "alice")

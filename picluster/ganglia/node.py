@@ -65,6 +65,6 @@ def task(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     node = identify(context.settings)
     changed = apply(context.settings, config, own_ip=node.ip, hostname=socket.gethostname(),
                     is_master=False)
-    context.include(registration_ops(node, context.facts()))
+    context.include(registration_ops(node, context.facts(), key=context.settings.ssh_key))
     return {"changed": changed, "master_ip": config.master_ip,
             "digest": digest(config.for_worker())}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from picluster.provision import CONFIG_NAME, KEY_NAME, boot_config
+from picluster.provision import ANCHOR_NAME, CONFIG_NAME, KEY_NAME, boot_config
 from picluster.settings import Settings
 
 __all__ = [
@@ -74,6 +74,11 @@ class Node(Host):
         return self.boot_dir / KEY_NAME
 
     @property
+    def anchor(self) -> Path:
+        """The operator's public key as this node's trust anchor, on its boot partition."""
+        return self.boot_dir / ANCHOR_NAME
+
+    @property
     def home(self) -> Path:
         return self.dir / "home"
 
@@ -106,9 +111,9 @@ def render_sshd_config(host: Host, authorized_keys: Path) -> str:
 
 
 def render_node_config(node: Node, repo: str, *, master: bool, fast: bool) -> str:
-    """The boot config (picluster.conf) of a lab node: what prepare-boot writes for a Pi,
-    then the lab's settings (render_lab_settings); keys as in picluster.settings."""
-    return boot_config(repo, master=master, hostname=node.name) + \
+    """The boot config (picluster.conf) of a lab node: what prepare-boot --signer writes
+    for a Pi, then the lab's settings (render_lab_settings); keys as in picluster.settings."""
+    return boot_config(repo, master=master, hostname=node.name, anchor=True) + \
         render_lab_settings(node, fast=fast)
 
 

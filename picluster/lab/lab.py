@@ -44,6 +44,7 @@ from picluster.lab.net import (
 from picluster.lab.procs import Processes, tail
 from picluster.lab.status import Convergence, LabState, NodeStatus, parse_hostfile
 from picluster.layout import MASTER, ip_path
+from picluster.provision import anchor_text
 
 __all__ = ["GIT_MODES", "Lab", "Report"]
 
@@ -193,9 +194,12 @@ class Lab:
         self._boot(node)
 
     def _prepare_node(self, node: Node, repo: str, *, master: bool, fast: bool) -> None:
-        """Write the node's boot partition, and seed its known_hosts with the git server's
-        key, so the node's git over ssh checks the server strictly from the first fetch."""
+        """Write the node's boot partition (the cluster key, the operator's key as its
+        trust anchor, the config), and seed its known_hosts with the git server's key, so
+        the node's git over ssh checks the server strictly from the first fetch."""
         install_file(node.ssh_key, self.cluster_key.read_bytes(), mode=0o600)
+        install_file(node.anchor, anchor_text(
+            Path(f"{self.operator_key}.pub").read_text(), "operator"))
         node.config.write_text(render_node_config(node, repo, master=master, fast=fast))
         self._trust_git_host(node)
 

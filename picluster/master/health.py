@@ -11,15 +11,10 @@ from dataclasses import dataclass, field
 from picluster import ansible
 from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import NodeIdentity, is_local
+from picluster.master.members import Members
 from picluster.master.state import MasterState
 from picluster.master.views import Views
-from picluster.registry import (
-    ClusterVars,
-    Member,
-    read_cluster_vars,
-    read_membership,
-    unregister_ops,
-)
+from picluster.registry import ClusterVars, Member, read_cluster_vars, unregister_ops
 from picluster.settings import Settings
 
 __all__ = ["Health", "PingReport"]
@@ -39,12 +34,14 @@ class Health:
     """The `reach` and `ping` jobs."""
 
     def __init__(self, settings: Settings, repo: ClusterRepo,
-                 node: Callable[[], NodeIdentity], state: MasterState, views: Views) -> None:
+                 node: Callable[[], NodeIdentity], state: MasterState, views: Views,
+                 members: Members) -> None:
         self._settings = settings
         self._repo = repo
         self._node = node
         self._state = state
         self._views = views
+        self._members = members
 
     def reach(self) -> PingReport:
         """Knock on every worker's ssh port; a worker that does not answer within
@@ -85,7 +82,7 @@ class Health:
         seen = self._state.seen()
         if seen is None:
             snapshot = self._repo.snapshot()
-            seen = (read_membership(snapshot), read_cluster_vars(snapshot))
+            seen = (self._members.read(snapshot), read_cluster_vars(snapshot))
             self._state.saw(*seen)
         membership, cluster = seen
         workers = {m.ip: m for m in membership.workers if m.host_key}

@@ -9,6 +9,7 @@ from picluster import ganglia
 from picluster.gitstore import ClusterRepo
 from picluster.identity import NodeIdentity
 from picluster.master.health import Health, PingReport
+from picluster.master.members import Members
 from picluster.master.state import MasterState
 from picluster.master.views import Views
 from picluster.settings import Settings
@@ -24,8 +25,9 @@ class Master:
         self.settings = settings
         self.repo = repo
         state = MasterState(settings)
-        self.views = Views(settings, repo, node, daemons, state)
-        self.health = Health(settings, repo, node, state, self.views)
+        members = Members(settings)
+        self.views = Views(settings, repo, node, daemons, state, members)
+        self.health = Health(settings, repo, node, state, self.views, members)
 
     def render(self) -> None:
         """Make every view match the registry as last synced (`Views.render`)."""

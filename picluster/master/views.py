@@ -23,8 +23,9 @@ from picluster.files import install_file
 from picluster.ganglia import GangliaConfig
 from picluster.gitstore import ClusterRepo, Put, Snapshot
 from picluster.identity import NodeIdentity
+from picluster.master.members import Members
 from picluster.master.state import MasterState
-from picluster.registry import Member, Membership, read_cluster_vars, read_membership
+from picluster.registry import Member, Membership, read_cluster_vars
 from picluster.settings import Settings
 
 __all__ = ["RenderedViews", "Views", "render_views"]
@@ -76,17 +77,18 @@ class _Installed(NamedTuple):
 
 
 class Views:
-    """The master's views and Ganglia configs, following the registry as last synced,
-    less the nodes being pruned."""
+    """The master's views and Ganglia configs, following the verified registry as last
+    synced, less the nodes being pruned."""
 
     def __init__(self, settings: Settings, repo: ClusterRepo,
                  node: Callable[[], NodeIdentity], daemons: ganglia.Daemons,
-                 state: MasterState) -> None:
+                 state: MasterState, members: Members) -> None:
         self._settings = settings
         self._repo = repo
         self._node = node
         self._daemons = daemons
         self._state = state
+        self._members = members
         # One install at a time, each from the newest state, read under the lock: a slow
         # render from an older state can never install its views after a newer one.
         self._installing = threading.Lock()
@@ -129,7 +131,7 @@ class Views:
         None when this node is not (or no longer) a master with a registration."""
         with self._installing:
             snapshot = self._repo.snapshot()
-            membership = self._state.present(read_membership(snapshot))
+            membership = self._state.present(self._members.read(snapshot))
             cluster = read_cluster_vars(snapshot)
             for problem in (*membership.problems, *cluster.problems,
                             *ganglia.config_problems(cluster)):
@@ -157,6 +159,6 @@ class Views:
 
     def _committed_views(self, tip: Snapshot) -> list[Put]:
         # transact() leaves out what is unchanged: no commit when the tip has these views.
-        views = render_views(self._state.present(read_membership(tip)),
+        views = render_views(self._state.present(self._members.read(tip)),
                              read_cluster_vars(tip).ssh_user)
         return [Put(path, text) for path, text in views.files().items()]

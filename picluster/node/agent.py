@@ -1,8 +1,10 @@
 """The node agent: the one long-lived process on every node (docs/design.md).
 
 *   An APScheduler job polls git every `poll_interval` (the master's first poll waits
-    `master_grace`): refresh the registration, carry orphaned intents, and move new
-    tasks addressed to this node from git into the local huey queue, once each (intake).
+    `master_grace`): refresh the registration (signed with the cluster key), carry
+    orphaned intents, and move new tasks addressed to this node from git into the local
+    huey queue, once each (intake), checked against the signers this node trusts
+    (picluster.trust).
 *   huey's consumer threads run the tasks.  They never touch git: a task's outcome is
     stored in huey's SQLite first (the outbox) ...
 *   ... and a flusher thread pushes outcomes, each with the removal of its pending file,
@@ -40,6 +42,7 @@ from picluster.registry import register
 from picluster.retry import retry
 from picluster.settings import Settings
 from picluster.tasks import Catalogue, Outcome, Task, TaskContext, now_iso
+from picluster.trust import Trust
 
 __all__ = ["Agent"]
 
@@ -64,8 +67,10 @@ class Agent:
         execute = self.huey.task(context=True, name="picluster.execute")(self._run_task)
         self.ledger = Ledger(self.huey.storage)
         self.outbox = Outbox(self.ledger, self.repo, self.node.mac)
+        self.trust = Trust(settings)
+        self.trust.install_anchor()  # TrustError: the card's anchor cannot be used
         self.intake = Intake(self.huey, execute, self.repo, self.node.mac, tasks, self.ledger,
-                             self.outbox)
+                             self.outbox, self.trust.signers)
         self._facts = functools.partial(reported_facts, settings)
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
         self.daemons = Daemons(settings)
@@ -80,6 +85,7 @@ class Agent:
         """Register (retrying until git answers), recover from a crash, start the jobs."""
         retry(self.refresh_registration, retry_on=(GitError,), what="register",
               stop=self._stopping)
+        self.trust.follow(self.repo.snapshot())  # trust on first use: at the first clone
         self.intake.recover()
         self.daemons.ensure(is_master=False, own_ip=self.node.ip)  # gmond, last config
         self.scheduler.start()
@@ -140,7 +146,8 @@ class Agent:
 
     def refresh_registration(self) -> None:
         self.node = identify(self.settings)
-        reg = register(self.repo, self.node, self._facts(), designated=self.settings.master)
+        reg = register(self.repo, self.node, self._facts(), designated=self.settings.master,
+                       key=self.settings.ssh_key)
         if reg.commit:
             log.info("registered %s at %s (%s)", reg.mac, reg.ip, ", ".join(reg.changed))
         if reg.is_master != self.is_master:

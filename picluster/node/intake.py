@@ -4,6 +4,7 @@ a crash, the tasks that were running are queued again (tasks are idempotent)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from huey import Huey
 from huey.api import TaskWrapper
@@ -13,6 +14,7 @@ from picluster.gitstore import ClusterRepo, Snapshot
 from picluster.node.ledger import Ledger
 from picluster.node.outbox import Outbox
 from picluster.queue import scan
+from picluster.signing import AllowedSigners
 from picluster.tasks import Catalogue, parse_time
 
 __all__ = ["Intake"]
@@ -25,10 +27,12 @@ class Intake:
     to the outbox."""
 
     def __init__(self, huey: Huey, execute: TaskWrapper, repo: ClusterRepo, mac: str,
-                 catalogue: Catalogue, ledger: Ledger, outbox: Outbox) -> None:
+                 catalogue: Catalogue, ledger: Ledger, outbox: Outbox,
+                 signers: Callable[[Snapshot], AllowedSigners]) -> None:
         self._huey, self._execute = huey, execute
         self._repo, self._mac = repo, mac
         self._catalogue, self._ledger, self._outbox = catalogue, ledger, outbox
+        self._signers = signers  # the signers this node trusts, after a look at a snapshot
 
     def take(self) -> int:
         """Move new tasks from the last synced snapshot into huey; store rejections in the
@@ -36,7 +40,8 @@ class Intake:
         with self._outbox.pushing:
             snapshot = self._repo.snapshot()
             count = 0
-            for pending in scan(snapshot, self._mac, self._catalogue, set(self._queued(snapshot))):
+            for pending in scan(snapshot, self._mac, self._catalogue, set(self._queued(snapshot)),
+                                signers=self._signers(snapshot)):
                 if pending.rejection is not None:
                     log.warning("rejected %s", pending.rejection.error)
                     self._outbox.store(pending.rejection, pending.path, [])

@@ -19,5 +19,5 @@ catalogue = Catalogue(tasks.catalogue, ganglia.catalogue)
 def register(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     """Re-register now (new IP, fresh facts, or after being pruned)."""
     node = identify(context.settings)
-    context.include(registration_ops(node, context.facts()))
+    context.include(registration_ops(node, context.facts(), key=context.settings.ssh_key))
     return {"mac": node.mac, "ip": node.ip}

@@ -11,23 +11,27 @@ repository's files itself: a node joins through picluster.registry.
 from typing import Any
 
 from picluster.provision.card import (
+    ANCHOR_NAME,
     CONFIG_NAME,
     DEFAULT_MOUNT,
     DEFAULT_PACKAGE,
     KEY_NAME,
     Prepared,
+    anchor_text,
     boot_config,
     prepare_boot,
 )
 from picluster.provision.common import BootError
 
 __all__ = [
+    "ANCHOR_NAME",
     "CONFIG_NAME",
     "DEFAULT_MOUNT",
     "DEFAULT_PACKAGE",
     "KEY_NAME",
     "BootError",
     "Prepared",
+    "anchor_text",
     "boot",
     "boot_config",
     "prepare_boot",

@@ -1,8 +1,9 @@
 """The operator's SD-card tool: `picluster prepare-boot`.
 
 `prepare_boot` runs on the operator's machine and writes into a mounted boot partition
-(FAT, which any computer can write): the boot config, the cluster key, the empty `ssh`
-file that enables sshd on Raspberry Pi OS, and the first-boot hooks.  Both hooks run
+(FAT, which any computer can write): the boot config, the cluster key, the operator's
+public key as the node's trust anchor (with --signer), the empty `ssh` file that enables
+sshd on Raspberry Pi OS, and the first-boot hooks.  Both hooks run
 picluster-firstboot.sh, which pip-installs picluster into /opt/picluster and runs
 `picluster boot` (picluster.provision.firstboot):
 
@@ -28,8 +29,10 @@ import yaml
 from picluster.files import install_file
 from picluster.provision.common import BootError, package_text, public_key
 from picluster.settings import ConfigError, Settings
+from picluster.signing import SignatureError, signer_line
 
 __all__ = [
+    "ANCHOR_NAME",
     "CONFIG_NAME",
     "DEFAULT_MOUNT",
     "DEFAULT_PACKAGE",
@@ -38,6 +41,7 @@ __all__ = [
     "KEY_NAME",
     "RUNCMD",
     "Prepared",
+    "anchor_text",
     "boot_config",
     "prepare_boot",
 ]
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "picluster.conf"
 KEY_NAME = "picluster_key"
+ANCHOR_NAME = "picluster_signers"
 FIRSTBOOT = "picluster-firstboot.sh"
 FIRSTRUN = "picluster-firstrun.sh"
 # Where the node mounts its boot partition: Raspberry Pi OS Bookworm and later, Ubuntu.
@@ -73,16 +78,28 @@ class Prepared:
     hooks: tuple[str, ...]  # "cloud-init", and "firstrun" on images without cloud-init
 
 
-def boot_config(repo: str, *, master: bool, hostname: str | None) -> str:
-    """The picluster.conf prepare-boot writes, next to the cluster key (KEY_NAME)."""
+def boot_config(repo: str, *, master: bool, hostname: str | None,
+                anchor: bool = False) -> str:
+    """The picluster.conf prepare-boot writes, next to the cluster key (KEY_NAME) and,
+    with `anchor`, the trust anchor (ANCHOR_NAME)."""
     lines = ["# picluster boot config, written by `picluster prepare-boot`.",
              "# Keys and defaults: picluster/settings.py; paths are relative to this file.",
              f"repo = {repo}", f"ssh_key = {KEY_NAME}"]
+    if anchor:
+        lines.append(f"trust_anchor = {ANCHOR_NAME}")
     if master:
         lines.append("master = true")
     if hostname:
         lines.append(f"hostname = {hostname}")
     return "\n".join(lines) + "\n"
+
+
+def anchor_text(public_key: str, name: str) -> str:
+    """The trust anchor (ANCHOR_NAME): an allowed-signers file naming the operator, who
+    may sign tasks and changes to allowed_signers.  SignatureError for a bad key or name."""
+    return ("# The signers this node trusts from its first boot, whatever the cluster "
+            "repository says\n# (picluster prepare-boot --signer).\n"
+            + signer_line(public_key, name, admin=True) + "\n")
 
 
 def _cloud_config(text: str) -> dict[str, object] | None:
@@ -159,8 +176,10 @@ def _write_all(files: dict[Path, tuple[bytes | str, int]]) -> None:
 
 def prepare_boot(boot_dir: Path, *, repo: str, key: Path, master: bool = False,
                  hostname: str | None = None, force: bool = False,
-                 mount: str = DEFAULT_MOUNT, package: str = DEFAULT_PACKAGE) -> Prepared:
-    """Make the mounted boot partition `boot_dir` boot a node of the cluster at `repo`."""
+                 mount: str = DEFAULT_MOUNT, package: str = DEFAULT_PACKAGE,
+                 signer: Path | None = None, signer_name: str = "operator") -> Prepared:
+    """Make the mounted boot partition `boot_dir` boot a node of the cluster at `repo`;
+    with `signer` (a public key file), one that trusts `signer_name`'s key from the start."""
     if not boot_dir.is_dir():
         raise BootError(f"{boot_dir}: no such directory; give the mount point of the SD "
                         "card's boot partition")
@@ -179,7 +198,15 @@ def prepare_boot(boot_dir: Path, *, repo: str, key: Path, master: bool = False,
         private = key.read_bytes()
     except OSError as error:
         raise BootError(f"--key {key}: {error.strerror}") from None
-    text = boot_config(repo, master=master, hostname=hostname)
+    anchor = None
+    if signer is not None:
+        try:
+            anchor = anchor_text(signer.read_text(), signer_name)
+        except OSError as error:
+            raise BootError(f"--signer {signer}: {error.strerror}") from None
+        except (SignatureError, UnicodeDecodeError) as error:
+            raise BootError(f"--signer {signer}: {error}") from None
+    text = boot_config(repo, master=master, hostname=hostname, anchor=anchor is not None)
     try:
         Settings.parse(text, config)
     except ConfigError as error:
@@ -197,6 +224,8 @@ def prepare_boot(boot_dir: Path, *, repo: str, key: Path, master: bool = False,
             package_text(FIRSTBOOT).replace("@PACKAGE@", shlex.quote(package)), 0o755),
         boot_dir / "user-data": (_user_data(existing("user-data"), force), 0o644),
     }
+    if anchor is not None:
+        files[boot_dir / ANCHOR_NAME] = (anchor, 0o644)
     hooks = ["cloud-init"]
     cmdline = existing("cmdline.txt")
     if cmdline is not None and not (boot_dir / _CLOUD_INIT_SEED).exists():

@@ -3,12 +3,11 @@ first boot on the node.  Nothing here imports the node layer."""
 
 from __future__ import annotations
 
-import tempfile
 from importlib import resources
 from pathlib import Path
 
-from picluster.files import install_file
-from picluster.proc import CommandError, run
+from picluster import signing
+from picluster.signing import SignatureError
 
 __all__ = ["BootError", "package_text", "public_key"]
 
@@ -29,15 +28,7 @@ def package_text(name: str) -> str:
 def public_key(private: bytes, source: Path) -> str:
     """The public half of the OpenSSH private key `private` (read from `source`), which
     must need no passphrase: the agent uses it unattended."""
-    # ssh-keygen refuses a key that others may read, and FAT shows every file so: it
-    # reads a private copy.
-    with tempfile.TemporaryDirectory(prefix="picluster-") as scratch:
-        copy = Path(scratch) / "key"
-        install_file(copy, private, mode=0o600)
-        try:
-            line = run("ssh-keygen", "-y", "-P", "", "-f", str(copy)).strip()
-        except CommandError as error:
-            raise BootError(f"{source}: not an OpenSSH private key without a passphrase "
-                            f"({str(error).rsplit(': ', 1)[-1]}); make one with "
-                            f"ssh-keygen -t ed25519 -N '' -f {source.name}") from None
-    return line + "\n"
+    try:
+        return signing.public_key(private, source)
+    except SignatureError as error:
+        raise BootError(str(error)) from None

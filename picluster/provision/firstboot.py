@@ -2,8 +2,10 @@
 
 Runs on the node, at first boot (picluster-firstboot.sh, which prepare-boot put on the
 card) and at every start of picluster.service: it installs the cluster key, sets the
-hostname, joins the cluster (clone, register, claim `master` when due), then hands over to
-systemd, or becomes the agent where systemd does not run (the lab, containers).  Each step
+hostname, installs the card's trust anchor (outside the clone), joins the cluster (clone,
+register, trust on first use when the card holds no anchor, claim `master` when due),
+then hands over to systemd, or becomes the agent where systemd does not run (the lab,
+containers).  Each step
 is idempotent, each file is written atomically, and every path comes from the node's
 Settings.
 """
@@ -26,6 +28,7 @@ from picluster.provision.common import BootError, package_text, public_key
 from picluster.registry import Registration, register
 from picluster.retry import retry
 from picluster.settings import Settings, config_path
+from picluster.trust import Trust, TrustError
 
 __all__ = [
     "UNIT",
@@ -144,9 +147,10 @@ def set_hostname(settings: Settings) -> bool:
 
 
 def join(settings: Settings, *, timeout: float | None = None) -> Registration:
-    """Clone the cluster repository and register (claiming `master` when due), retrying
-    with backoff while the network or the git server is not there yet; BootError once
-    `timeout` seconds (None: never) have passed."""
+    """Clone the cluster repository and register (signed with the cluster key, claiming
+    `master` when due), retrying with backoff while the network or the git server is not
+    there yet; BootError once `timeout` seconds (None: never) have passed.  A node that
+    trusts no signer yet trusts those of its first clone."""
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def attempt() -> Registration:
@@ -154,7 +158,10 @@ def join(settings: Settings, *, timeout: float | None = None) -> Registration:
         repo = ClusterRepo.from_settings(settings, node.mac)
         if deadline is not None:  # git's own retries end when boot's do
             repo.deadline = max(deadline - time.monotonic(), 0.0)
-        return register(repo, node, reported_facts(settings), designated=settings.master)
+        registration = register(repo, node, reported_facts(settings),
+                                designated=settings.master, key=settings.ssh_key)
+        Trust(settings).follow(repo.snapshot())
+        return registration
 
     try:
         return retry(attempt, retry_on=(GitError, IdentityError), what="join the cluster",
@@ -212,6 +219,10 @@ def boot(settings: Settings, *, foreground: bool = False, timeout: float | None 
     owner = _owner(settings)
     identity = install_keys(settings)
     set_hostname(settings)
+    try:
+        Trust(settings).install_anchor()  # before the first clone: no trust on first use
+    except TrustError as error:
+        raise BootError(str(error)) from None
     node = settings.replace(ssh_key=identity)
     registration = join(node, timeout=timeout)
     if owner is not None:
