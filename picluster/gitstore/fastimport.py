@@ -28,6 +28,7 @@ def stream(ref: str, ident: str, parent: str, message: str,
 
 
 def _quote(path: str) -> bytes:
-    """A path as fast-import reads it: C-quoted, so spaces and quotes are safe."""
+    """A path as fast-import reads it: C-quoted, so spaces, quotes and backslashes are
+    safe; a name that is not UTF-8 (read with surrogate escapes) keeps its bytes."""
     escaped = path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'.encode()
+    return f'"{escaped}"'.encode("utf-8", "surrogateescape")
