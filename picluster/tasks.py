@@ -167,7 +167,10 @@ class Outcome:
 
     def to_json(self) -> str:
         data = {k: v for k, v in asdict(self).items() if v is not None}
-        return json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+        text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+        # A lone surrogate (a JSON escape in a task, a file name that is not UTF-8) has no
+        # UTF-8: it is written as its JSON escape, which reads back the same.
+        return text.encode("utf-8", "backslashreplace").decode()
 
     @classmethod
     def from_json(cls, text: str, path: str = "outcome") -> Outcome:

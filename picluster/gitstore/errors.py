@@ -71,10 +71,10 @@ def fetch_error(doing: str, url: str, branch: str, error: git.GitCommandError) -
         return GitError(f"cannot {doing} {url}: it has no branch '{branch}'; check `branch` "
                         "in the boot config (main unless set), or create the repository "
                         "with `picluster init-repo`")
-    if _MISSING.search(said):
-        return GitError(f"cannot {doing} {url}: no repository there ({last_line(error)}); "
-                        "check `repo` in the boot config, or create it with "
-                        "`picluster init-repo`")
+    missing = next((line.strip() for line in said.splitlines() if _MISSING.search(line)), None)
+    if missing:
+        return GitError(f"cannot {doing} {url}: no repository there ({missing}); check `repo` "
+                        "in the boot config, or create it with `picluster init-repo`")
     return Unreachable(f"cannot {doing} {url}: {last_line(error)}")
 
 

@@ -21,6 +21,10 @@ def check_path(path: str) -> str:
     if (not parts or path.startswith("/") or ".." in parts or "." in parts
             or parts[0] == ".git" or "\0" in path or path != "/".join(parts)):
         raise ValueError(f"'{path}' is not a plain relative path inside the repository")
+    try:  # a name git holds that is not UTF-8 is read with surrogate escapes
+        path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path!a} is not a name git can hold") from None
     return path
 
 
