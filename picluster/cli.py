@@ -23,6 +23,7 @@ from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wai
 from picluster.registry import read_cluster_vars, read_membership, register
 from picluster.settings import ConfigError, Settings
 from picluster.signing import SignatureError, signer_line
+from picluster.tasks import TaskError
 from picluster.version import __version__
 
 __all__ = ["app", "main"]
@@ -191,6 +192,8 @@ def enqueue_command(
         outcome = wait_for(repo, [job], wait).get(job.id)
     except GitError as error:
         fail(f"task {job.id} is queued, but waiting for its outcome failed: {error}")
+    except TaskError as error:
+        fail(f"task {job.id} has no readable outcome: {error}")
     if outcome is None:
         fail(f"no outcome for task {job.id} within {wait:g} s; it stays queued", EXIT_TIMEOUT)
     print_json(json.loads(outcome.to_json()))
