@@ -44,7 +44,7 @@ class Intake:
             try:
                 ids = self._ids(snapshot)
                 queued = self._ledger.queued(ids) - self._interrupted
-                done = self._ledger.known(ids - queued)
+                done = self._ledger.with_outcome(ids - queued)
                 for task_id in self._outbox.again(done):
                     log.warning("task %s ran here already, but its file is back (replayed, "
                                 "or main was rewound): it does not run again; its outcome is "

@@ -100,7 +100,7 @@ class Storage(SqliteStorage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Before the schema is created: that is a write already.
-        self.trouble = _Trouble(str(kwargs.get("filename", "huey.db")))
+        self._trouble = _Trouble(str(kwargs.get("filename", "huey.db")))
         self._full_disk = os.environ.get(FULL_DISK_ENV)
         self._held: deque[bytes] = deque()  # messages for the queue
         self._held_schedule: list[tuple[float, bytes]] = []  # (when, message)
@@ -123,10 +123,10 @@ class Storage(SqliteStorage):
         except sqlite3.IntegrityError:  # a key that exists: an answer, not a failure
             raise
         except STORE_ERRORS as error:
-            self.trouble.failed(error)
+            self._trouble.failed(error)
             raise
         if commit:
-            self.trouble.cleared()
+            self._trouble.cleared()
 
     # huey's queue: what cannot be stored waits in memory, and what cannot be read is
     # "nothing yet", so huey's threads neither lose a task nor log every 0.1 s.
@@ -223,13 +223,14 @@ class Ledger:
 
     def started(self, task_id: str) -> int:
         """Count a start of the task; returns how many there were (when the count cannot
-        be stored, one more than it says)."""
-        try:
+        be stored, one more than it says; when it cannot be read either, 1)."""
+        with contextlib.suppress(*STORE_ERRORS):
             return int(self._storage.incr(_ATTEMPTS + task_id))
-        except STORE_ERRORS:
+        with contextlib.suppress(*STORE_ERRORS):
             rows = self._storage.sql("select value from counter where queue = ? and key = ?",
                                      (self._name, _ATTEMPTS + task_id), results=True)
-            return (rows[0][0] if rows else 0) + 1
+            return int(rows[0][0]) + 1 if rows else 1
+        return 1
 
     # -- outcomes ----------------------------------------------------------------------
 
@@ -268,7 +269,7 @@ class Ledger:
                                    f"({_marks(chunk)})",
                                    (self._name, *(prefix + task_id for task_id in chunk)))
 
-    def known(self, ids: Iterable[str]) -> set[str]:
+    def with_outcome(self, ids: Iterable[str]) -> set[str]:
         """Those of `ids` with an outcome here, pushed or not: they never run (again)."""
         found: set[str] = set()
         for chunk in _chunks(ids):
