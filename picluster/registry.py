@@ -41,7 +41,7 @@ _PLAIN = {"name": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
 # A facts file or cluster.yml is a few hundred bytes; anything near this is not one.
 _MAX_YAML = 64 << 10
 # What `cores` may say: a Pi has 4, a big server a few hundred.
-MAX_CORES = 1024
+_MAX_CORES = 1024
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,13 @@ class Member:
 
     @property
     def cores(self) -> int:
-        """The cores the node reported, if that is a sane count (1 to `MAX_CORES`); else 1."""
+        """The cores the node reported, if that is a sane count (1 to 1024); else 1."""
         cores = self.facts.get("cores")
         return cores if _sane_cores(cores) else 1
 
 
 def _sane_cores(cores: object) -> bool:
-    return isinstance(cores, int) and not isinstance(cores, bool) and 0 < cores <= MAX_CORES
+    return isinstance(cores, int) and not isinstance(cores, bool) and 0 < cores <= _MAX_CORES
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def _read_member(snapshot: Snapshot, path: str, name: str, problems: list[str]
     facts = _read_facts(snapshot, mac, problems)
     if "cores" in facts and not _sane_cores(facts["cores"]):
         problems.append(f"{layout.facts_path(mac)}: cores: {_quoted(facts['cores'])} is not "
-                        f"a count from 1 to {MAX_CORES}; counted as 1")
+                        f"a count from 1 to {_MAX_CORES}; counted as 1")
     return Member(mac, ip, facts)
 
 

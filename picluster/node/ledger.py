@@ -86,8 +86,7 @@ class _Trouble:
         with self._lock:
             since, self._since = self._since, None
         if since is not None:
-            log.info("%s works again after %.0f s", self._filename,
-                        time.monotonic() - since)
+            log.info("%s works again after %.0f s", self._filename, time.monotonic() - since)
 
 
 class Storage(SqliteStorage):
