@@ -29,6 +29,7 @@ from picluster.registry import (
 )
 from picluster.settings import ConfigError, Settings
 from picluster.signing import SignatureError, public_key_of, signer_line
+from picluster.tasks import TaskError
 from picluster.trust import Trust, TrustError
 from picluster.version import __version__
 
@@ -206,6 +207,8 @@ def enqueue_command(
         outcome = wait_for(repo, [job], wait).get(job.id)
     except GitError as error:
         fail(f"task {job.id} is queued, but waiting for its outcome failed: {error}")
+    except TaskError as error:
+        fail(f"task {job.id} has no readable outcome: {error}")
     if outcome is None:
         fail(f"no outcome for task {job.id} within {wait:g} s; it stays queued", EXIT_TIMEOUT)
     print_json(json.loads(outcome.to_json()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import platform
 import socket
@@ -10,13 +11,16 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from picluster.layout import normalize_mac
+from picluster.layout import format_mac, normalize_mac
 from picluster.settings import Settings
 from picluster.version import __version__
 
-__all__ = ["IdentityError", "NodeIdentity", "facts", "identify", "is_local", "writer_name"]
+__all__ = ["IdentityError", "NodeIdentity", "address_problem", "facts", "identify",
+           "is_local", "writer_name"]
 
 _SIOCGIFADDR = 0x8915
+_NOBODY = ipaddress.IPv4Network("0.0.0.0/8")  # "this network": nobody's address
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _SIOCGIFHWADDR = 0x8927
 _MODEL_FILES = ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model")
 
@@ -38,8 +42,30 @@ def _ioctl(interface: str, request: int) -> bytes:
         return fcntl.ioctl(sock.fileno(), request, struct.pack("256s", interface[:15].encode()))
 
 
+def address_problem(mac: str, ip: str) -> str | None:
+    """Why `mac` (12 hex digits) and `ip` cannot name one node, or None when they can.
+
+    A MAC with the group bit set (broadcast ff:ff:ff:ff:ff:ff, multicast) or all zeros,
+    and an IPv4 that is unspecified (0.0.0.0/8), multicast or the broadcast address, are
+    no single host's: such a node would claim `master` and every message to it would
+    reach nobody, or everybody.  Loopback stays allowed (tests pin 127.x addresses).
+    """
+    if mac == "0" * 12:
+        return f"MAC {format_mac(mac)} is all zeros, not a network card's"
+    if int(mac[:2], 16) & 1:
+        return f"MAC {format_mac(mac)} is a broadcast or multicast address, not a network card's"
+    address = ipaddress.IPv4Address(ip)
+    if address.is_multicast:
+        return f"IP {ip} is a multicast address, not a host's"
+    if address in _NOBODY or address == _BROADCAST:
+        return f"IP {ip} is {'the broadcast' if address == _BROADCAST else 'an unspecified'} " \
+               "address, not a host's"
+    return None
+
+
 def identify(settings: Settings) -> NodeIdentity:
-    """This node's identity: the pinned `mac`/`ip`, else read from `interface`."""
+    """This node's identity: the pinned `mac`/`ip`, else read from `interface`.
+    IdentityError for an address that cannot be one node's (`address_problem`)."""
     mac, ip = settings.mac, settings.ip
     try:
         if mac is None:
@@ -51,6 +77,10 @@ def identify(settings: Settings) -> NodeIdentity:
             f"cannot read {'the MAC' if mac is None else 'an IPv4 address'} of interface "
             f"'{settings.interface}': {error.strerror}; is the network up? Set 'interface' "
             f"(or pin 'mac' and 'ip') in {settings.source}") from None
+    problem = address_problem(mac, ip)
+    if problem:
+        raise IdentityError(f"this node cannot register: {problem}; pin 'mac' and 'ip', or set "
+                            f"'interface' to the cluster's network card, in {settings.source}")
     return NodeIdentity(mac, ip)
 
 

@@ -15,9 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from picluster import layout
+from picluster.bounded import LimitError
 from picluster.gitstore import ClusterRepo, Create, Snapshot
 from picluster.signing import AllowedSigners, SignatureError, sign
-from picluster.tasks import Catalogue, Outcome, Task, TaskError, new_task_id, now_iso, parse_time
+from picluster.tasks import (
+    LIFETIME,
+    MAX_OUTCOME,
+    MAX_TASK,
+    Catalogue,
+    Outcome,
+    Task,
+    TaskError,
+    new_task_id,
+    now_iso,
+)
 
 __all__ = ["Pending", "enqueue", "make_task", "outcome_of", "pending_tasks", "read_signers",
            "scan", "wait_for"]
@@ -51,29 +62,50 @@ def enqueue(repo: ClusterRepo, tasks: Sequence[Task], key: Path) -> list[Task]:
 
 
 def outcome_of(snapshot: Snapshot, mac: str, task_id: str) -> Outcome | None:
+    """The task's outcome, from done/ (it ran) or else rejected/ (it never will); None
+    while it has none.  TaskError when the only file there is not an outcome."""
+    unreadable = None
     for status in ("ok", "rejected"):
-        text = snapshot.read(layout.outcome_path(mac, task_id, status))
-        if text is not None:
-            return Outcome.from_json(text)
+        path = layout.outcome_path(mac, task_id, status)
+        try:
+            text = snapshot.read(path, max_size=MAX_OUTCOME)
+            if text is not None:
+                return Outcome.from_json(text, path)
+        except LimitError as error:
+            unreadable = unreadable or TaskError(f"{path}: {error}; not an outcome")
+        except TaskError as error:
+            unreadable = unreadable or error
+    if unreadable is not None:
+        raise unreadable
     return None
 
 
 def wait_for(repo: ClusterRepo, tasks: Iterable[Task], timeout: float,
              interval: float = 0.25) -> dict[str, Outcome]:
-    """Poll git until every task has an outcome or `timeout` passes; return those found."""
+    """Poll git until every task has an outcome or `timeout` passes; return those found.
+    A task whose only outcome file is not one is waited for too (its node may still
+    reject it properly); TaskError says so if that is all there is at the end."""
     waiting = {t.id: t.node for t in tasks}
     found: dict[str, Outcome] = {}
+    unreadable: dict[str, TaskError] = {}
     deadline = time.monotonic() + timeout
     while waiting:
         snapshot = repo.sync()
         for task_id, mac in list(waiting.items()):
-            outcome = outcome_of(snapshot, mac, task_id)
+            try:
+                outcome = outcome_of(snapshot, mac, task_id)
+            except TaskError as error:
+                unreadable[task_id] = error
+                continue
+            unreadable.pop(task_id, None)
             if outcome is not None:
                 found[task_id] = outcome
                 del waiting[task_id]
         if not waiting or time.monotonic() + interval > deadline:
             break
         time.sleep(interval)
+    if unreadable:
+        raise next(iter(unreadable.values()))
     return found
 
 
@@ -105,33 +137,56 @@ def scan(snapshot: Snapshot, mac: str, catalogue: Catalogue, known: Container[st
     """Every pending file in ``queue/<mac>/`` but those `known` (by id), each validated:
     schema, address, name, signature (by one of `signers`: those the node trusts),
     arguments, expiry, and that it has not already run.  Directories in the queue (done/,
-    rejected/, anything else) are never read."""
+    rejected/, anything else) are never read.  Each file is judged on its own: whatever
+    goes wrong with one is its rejection, never the end of the scan."""
     folder = layout.queue_dir(mac)
-    return [_check(snapshot, mac, f"{folder}/{name}", name, signers, catalogue)
+    return [_judge(snapshot, mac, f"{folder}/{name}", name, signers, catalogue)
             for name in snapshot.listdir(folder, files=True)
             if name != ".gitkeep" and name.removesuffix(".json") not in known]
+
+
+def _judge(snapshot: Snapshot, mac: str, path: str, name: str, signers: AllowedSigners,
+           catalogue: Catalogue) -> Pending:
+    try:
+        return _check(snapshot, mac, path, name, signers, catalogue)
+    except Exception as error:  # a file no check foresaw must not stall the node
+        return _rejection(mac, path, name, f"{path}: cannot be judged: "
+                                           f"{type(error).__name__}: {error}")
+
+
+def _rejection(mac: str, path: str, name: str, why: str, task: Task | None = None,
+               original: str | None = None) -> Pending:
+    """Why `path` never runs, named after the file (which is where the producer looks,
+    whatever the id inside says), or after a name that can be an id."""
+    stem = name.removesuffix(".json")
+    safe = stem if layout.valid_task_id(stem) else \
+        "invalid-" + "".join(c if c.isascii() and c.isalnum() else "-"
+                             for c in stem)[:60].strip("-")
+    return Pending(path, rejection=Outcome(
+        id=safe, node=mac, status="rejected",
+        task=task.task if task else None, producer=task.producer if task else None,
+        error=why, received_at=now_iso(), original=original))
 
 
 def _check(snapshot: Snapshot, mac: str, path: str, name: str, signers: AllowedSigners,
            catalogue: Catalogue) -> Pending:
     stem = name.removesuffix(".json")
-    # A name that cannot be an id still gets an outcome, under a name that can.
-    safe = stem if layout.valid_task_id(stem) else \
-        "invalid-" + "".join(c if c.isalnum() else "-" for c in stem)[:60].strip("-")
-    text = snapshot.read(path) or ""
+    too_large = None
+    try:
+        text = snapshot.read(path, max_size=MAX_TASK) or ""
+    except LimitError as error:  # not even read: the original stays in git's history
+        text, too_large = "", f"{path}: {error}; a task file holds at most {MAX_TASK >> 10} KiB"
 
     def reject(why: str, task: Task | None = None) -> Pending:
-        # Named after the file, which is where the producer looks, whatever the id says.
-        return Pending(path, rejection=Outcome(
-            id=safe, node=mac, status="rejected",
-            task=task.task if task else None, producer=task.producer if task else None,
-            error=why, received_at=now_iso(), original=text[:_MAX_ORIGINAL]))
+        return _rejection(mac, path, name, why, task, text[:_MAX_ORIGINAL])
 
     if not name.endswith(".json") or not layout.valid_task_id(stem):
         return reject(f"{path}: a task file is named <id>.json with an id of letters, digits, "
                       "'.', '_' and '-'")
     if not snapshot.is_regular_file(path):
         return reject(f"{path}: is a symlink or special file; a task must be a plain file")
+    if too_large:
+        return reject(too_large)
     try:
         task = Task.from_json(text, path)
     except TaskError as error:
@@ -153,9 +208,16 @@ def _check(snapshot: Snapshot, mac: str, path: str, name: str, signers: AllowedS
         catalogue.check(task.task, task.args)
     except TaskError as error:
         return reject(f"{path}: {error}", task)
-    if outcome_of(snapshot, mac, task.id) is not None:
-        return reject(f"{path}: task {task.id} already has an outcome; it never runs twice",
-                      task)
-    if task.expires and parse_time(task.expires) < dt.datetime.now(dt.UTC):
-        return reject(f"{path}: expired at {task.expires} before it could run", task)
+    # Any file in done/ or rejected/ counts, readable or not: the id has been used.
+    for status in ("ok", "rejected"):
+        outcome = layout.outcome_path(mac, task.id, status)
+        if snapshot.exists(outcome):
+            return reject(f"{path}: task {task.id} already has an outcome ({outcome}); it "
+                          "never runs twice", task)
+    expiry = task.expiry()
+    if expiry < dt.datetime.now(dt.UTC):
+        given = "its `expires`" if task.expires else \
+            f"{LIFETIME.days} days after its created_at, as it sets no `expires`"
+        return reject(f"{path}: expired at {expiry.isoformat()} ({given}) before it could "
+                      "run", task)
     return Pending(path, task=task)

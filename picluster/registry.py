@@ -22,8 +22,9 @@ from pathlib import Path
 import yaml
 
 from picluster import layout
+from picluster.bounded import LimitError, load_yaml
 from picluster.gitstore import ClusterRepo, Create, Op, Put, Remove, Snapshot
-from picluster.identity import NodeIdentity
+from picluster.identity import NodeIdentity, address_problem
 from picluster.signing import NODE_NAMESPACE, AllowedSigners, SignatureError, sign
 
 __all__ = [
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 _HOST_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*")
 _PLAIN = {"name": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
           "ssh_user": re.compile(r"[a-z_][a-z0-9_-]{0,31}")}
+# A facts file or cluster.yml is a few hundred bytes; anything near this is not one.
+_MAX_YAML = 64 << 10
+# What `cores` may say: a Pi has 4, a big server a few hundred.
+_MAX_CORES = 1024
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,13 @@ class Member:
 
     @property
     def cores(self) -> int:
+        """The cores the node reported, if that is a sane count (1 to 1024); else 1."""
         cores = self.facts.get("cores")
-        return cores if isinstance(cores, int) and cores > 0 else 1
+        return cores if _sane_cores(cores) else 1
+
+
+def _sane_cores(cores: object) -> bool:
+    return isinstance(cores, int) and not isinstance(cores, bool) and 0 < cores <= _MAX_CORES
 
 
 @dataclass(frozen=True)
@@ -101,19 +111,36 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0].strip() if text.strip() else ""
 
 
+def _quoted(value: object, limit: int = 60) -> str:
+    """`value` as an error message may show it: a 100 KB value is not echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def read_master(snapshot: Snapshot) -> tuple[str | None, str | None]:
-    """(the master's MAC or None, a problem or None)."""
-    text = snapshot.read(layout.MASTER)
+    """(the master's MAC or None, a problem or None).  A file of several lines names the
+    MAC on its first, and is a problem."""
+    try:
+        text = snapshot.read(layout.MASTER, max_size=_MAX_YAML)
+    except LimitError as error:
+        return None, f"{layout.MASTER}: {error}; write the master's MAC there, one line"
     if text is None:
         return None, None
     try:
-        return layout.normalize_mac(_first_line(text)), None
+        mac = layout.normalize_mac(_first_line(text)[:40])
     except ValueError as error:
         return None, (f"{layout.MASTER}: line 1: {error}; write the master's MAC there, or "
                       "delete the file to let the next node to register claim it")
+    lines = len([line for line in text.splitlines() if line.strip()])
+    if lines > 1:
+        return mac, (f"{layout.MASTER}: holds {lines} lines; it names one node, its MAC on "
+                     f"one line: {mac}, from line 1, counts until it is fixed")
+    return mac, None
 
 
 def read_membership(snapshot: Snapshot) -> Membership:
+    """Who is in, as `snapshot` says; each file that cannot be read is a problem of its
+    own, and the rest of the registry is read without it."""
     problems = []
     master, problem = read_master(snapshot)
     if problem:
@@ -124,43 +151,70 @@ def read_membership(snapshot: Snapshot) -> Membership:
             continue
         path = f"{layout.IP_DIR}/{name}"
         try:
-            mac = layout.normalize_mac(name)
-        except ValueError:
-            problems.append(f"{path}: the file name is not a MAC (12 hex digits); "
-                            "rename or delete it")
+            member = _read_member(snapshot, path, name, problems)
+        except Exception as error:  # a file no check foresaw must not stop the render
+            problems.append(f"{path}: cannot be read ({type(error).__name__}: {error})")
             continue
-        if mac != name:
-            problems.append(f"{path}: write the name as {mac} (lower case, no colons)")
-            continue
-        text = snapshot.read(path) or ""
-        try:
-            ip = str(ipaddress.IPv4Address(_first_line(text)))
-        except ValueError:
-            problems.append(f"{path}: line 1: '{_first_line(text)}' is not an IPv4 address; "
-                            "the node rewrites it when it next registers")
-            continue
-        members.append(Member(mac, ip, _read_facts(snapshot, mac, problems)))
+        if member is not None:
+            members.append(member)
+    if master is not None and all(m.mac != master for m in members):
+        problems.append(f"{layout.MASTER}: names {layout.format_mac(master)}, which is not "
+                        f"registered (no valid {layout.ip_path(master)}); until it registers "
+                        "no node acts as master: write a registered node's MAC there")
     return Membership(tuple(members), master, tuple(problems))
+
+
+def _read_member(snapshot: Snapshot, path: str, name: str, problems: list[str]
+                 ) -> Member | None:
+    try:
+        mac = layout.normalize_mac(name)
+    except ValueError:
+        problems.append(f"{path}: the file name is not a MAC (12 hex digits); "
+                        "rename or delete it")
+        return None
+    if mac != name:
+        problems.append(f"{path}: write the name as {mac} (lower case, no colons)")
+        return None
+    text = snapshot.read(path, max_size=_MAX_YAML) or ""
+    try:
+        ip = str(ipaddress.IPv4Address(_first_line(text)))
+    except ValueError:
+        problems.append(f"{path}: line 1: {_quoted(_first_line(text))} is not an IPv4 "
+                        "address; the node rewrites it when it next registers")
+        return None
+    problem = address_problem(mac, ip)
+    if problem:
+        problems.append(f"{path}: {problem}; not a member (no node registers so; delete "
+                        "the file)")
+        return None
+    facts = _read_facts(snapshot, mac, problems)
+    if "cores" in facts and not _sane_cores(facts["cores"]):
+        problems.append(f"{layout.facts_path(mac)}: cores: {_quoted(facts['cores'])} is not "
+                        f"a count from 1 to {_MAX_CORES}; counted as 1")
+    return Member(mac, ip, facts)
 
 
 def _read_facts(snapshot: Snapshot, mac: str, problems: list[str]) -> dict[str, object]:
     path = layout.facts_path(mac)
-    text = snapshot.read(path)
-    if text is None:
-        return {}
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        problems.append(_yaml_problem(path, error, "the node rewrites it when it next "
-                                                   "registers"))
-        return {}
+    data = _read_yaml(snapshot, path, problems,
+                      "the node rewrites it when it next registers; until then its facts "
+                      "are left out")
     return data if isinstance(data, dict) else {}
 
 
-def _yaml_problem(path: str, error: yaml.YAMLError, consequence: str) -> str:
-    mark = getattr(error, "problem_mark", None)
-    where = f": line {mark.line + 1}" if mark else ""
-    return f"{path}{where}: not valid YAML; {consequence}"
+def _read_yaml(snapshot: Snapshot, path: str, problems: list[str], consequence: str) -> object:
+    """The YAML in `path` (None when absent); a file too large, too deeply nested or not
+    YAML is a problem, and None."""
+    try:
+        text = snapshot.read(path, max_size=_MAX_YAML)
+        return None if text is None else load_yaml(text, max_size=_MAX_YAML)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f": line {mark.line + 1}" if mark else ""
+        problems.append(f"{path}{where}: not valid YAML; {consequence}")
+    except LimitError as error:
+        problems.append(f"{path}: {error}; {consequence}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -175,13 +229,11 @@ class ClusterVars:
 
 
 def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
-    text = snapshot.read(layout.CLUSTER_VARS) or ""
     problems: list[str] = []
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        return ClusterVars(problems=(_yaml_problem(layout.CLUSTER_VARS, error,
-                                                   "defaults apply until it is fixed"),))
+    data = _read_yaml(snapshot, layout.CLUSTER_VARS, problems,
+                      "defaults apply until it is fixed")
+    if problems:
+        return ClusterVars(problems=tuple(problems))
     data = data if isinstance(data, dict) else {}
     ganglia = data.get("ganglia") if isinstance(data.get("ganglia"), dict) else {}
     values = {"name": data.get("name"), "ssh_user": data.get("ssh_user")}
@@ -193,11 +245,11 @@ def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
             continue
         if not isinstance(value, type(default)) or isinstance(value, bool):
             problems.append(f"{layout.CLUSTER_VARS}: '{key}' should be a "
-                            f"{type(default).__name__}, not {value!r}; using {default!r}")
+                            f"{type(default).__name__}, not {_quoted(value)}; using {default!r}")
             continue
         if key in _PLAIN and not _PLAIN[key].fullmatch(value):
             problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be a plain name "
-                            f"({_PLAIN[key].pattern}), not {value!r}; using {default!r}")
+                            f"({_PLAIN[key].pattern}), not {_quoted(value)}; using {default!r}")
             continue
         chosen[key] = value
     return ClusterVars(**chosen, ganglia=ganglia,  # type: ignore[arg-type]

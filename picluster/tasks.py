@@ -7,10 +7,12 @@ A task file (``queue/<mac>/<id>.json``) is pretty-printed JSON a person can read
      "retries": 0, "signature": "-----BEGIN SSH SIGNATURE-----..."}
 
 The signature covers every other field (canonical JSON), the node included, so a task
-cannot be replayed to another node.  Only names in a node's catalogue ever run: the
-built-ins here (`catalogue`: echo, sleep), and what `picluster.node.catalogue` adds.  Each
-task is registered with the `Schema` of its arguments: the producer checks them before it
-signs (`make_task`), the node before it runs (`scan`, and `Catalogue.get`'s function).
+cannot be replayed to another node.  A task expires at `expires`, or `LIFETIME` after
+`created_at` when it sets none; a node never runs it after that.  Only names in a node's
+catalogue ever run: the built-ins here (`catalogue`: echo, sleep), and what
+`picluster.node.catalogue` adds.  Each task is registered with the `Schema` of its
+arguments: the producer checks them before it signs (`make_task`), the node before it
+runs (`scan`, and `Catalogue.get`'s function).
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from picluster import layout
+from picluster.bounded import LimitError, load_json
 from picluster.gitstore import Op
 from picluster.schema import ArgError, Duration, Json, Schema
 
 __all__ = [
+    "LIFETIME",
+    "MAX_OUTCOME",
+    "MAX_TASK",
     "Catalogue",
     "Outcome",
     "Task",
@@ -42,6 +48,15 @@ _FIELDS = {"id": str, "node": str, "task": str, "args": dict, "created_at": str,
            "producer": str, "eta": (str, type(None)), "expires": (str, type(None)),
            "retries": int, "signature": str}
 _OPTIONAL = {"eta", "expires", "retries"}  # may be absent: the dataclass defaults apply
+
+# How long a task may wait to run when it sets no `expires`: long enough for a node that
+# was off for a weekend, short enough that an old task file put back never runs.
+LIFETIME = dt.timedelta(days=7)
+# The most a task file and an outcome file may hold (bytes); nested at most
+# `picluster.bounded.DEPTH` deep (an outcome a few levels more: it holds the result).
+MAX_TASK = 256 << 10
+MAX_OUTCOME = 8 << 20
+_OUTCOME_DEPTH = 64
 
 
 class TaskError(ValueError):
@@ -86,14 +101,27 @@ class Task:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
+    def expiry(self) -> dt.datetime:
+        """When the task stops being worth running: `expires`, else `LIFETIME` after
+        `created_at`."""
+        if self.expires:
+            return parse_time(self.expires)
+        try:
+            return parse_time(self.created_at) + LIFETIME
+        except OverflowError:  # created at the end of time
+            return dt.datetime.max.replace(tzinfo=dt.UTC)
+
     @classmethod
     def from_json(cls, text: str, path: str) -> Task:
         """Parse a task file; TaskError names the file, line and field."""
         try:
-            data = json.loads(text)
+            data = load_json(text, max_size=MAX_TASK)
         except json.JSONDecodeError as error:
             raise TaskError(f"{path}: line {error.lineno} column {error.colno}: {error.msg}; "
                             "a task file is one JSON object (see `picluster enqueue`)") from None
+        except LimitError as error:
+            raise TaskError(f"{path}: {error}; a task file is one JSON object of at most "
+                            f"{MAX_TASK >> 10} KiB") from None
         if not isinstance(data, dict):
             raise TaskError(f"{path}: line 1: a task file holds one JSON object, "
                             f"not {type(data).__name__}")
@@ -142,11 +170,25 @@ class Outcome:
 
     def to_json(self) -> str:
         data = {k: v for k, v in asdict(self).items() if v is not None}
-        return json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+        text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+        # A lone surrogate (a JSON escape in a task, a file name that is not UTF-8) has no
+        # UTF-8: it is written as its JSON escape, which reads back the same.
+        return text.encode("utf-8", "backslashreplace").decode()
 
     @classmethod
-    def from_json(cls, text: str) -> Outcome:
-        data = json.loads(text)
+    def from_json(cls, text: str, path: str = "outcome") -> Outcome:
+        """Parse an outcome file; TaskError names the file and what is wrong with it."""
+        try:
+            data = load_json(text, max_size=MAX_OUTCOME, max_depth=_OUTCOME_DEPTH)
+        except json.JSONDecodeError as error:
+            raise TaskError(f"{path}: line {error.lineno} column {error.colno}: {error.msg}; "
+                            "not an outcome") from None
+        except LimitError as error:
+            raise TaskError(f"{path}: {error}; not an outcome") from None
+        if not isinstance(data, dict) or not all(
+                isinstance(data.get(name), str) for name in ("id", "node", "status")):
+            raise TaskError(f"{path}: not an outcome (a JSON object with 'id', 'node' and "
+                            "'status')")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def path(self) -> str:

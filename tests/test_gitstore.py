@@ -121,6 +121,41 @@ def test_ops_refuse_paths_outside_the_tree(path: str) -> None:
         Put(path, "x")
 
 
+def test_any_name_git_holds_is_read_and_removed(cluster: Cluster) -> None:
+    repo = clone(cluster, "a")
+    names = ["a\\b", "new\nline", "tab\there", "\udcff\udcfe"]  # the last: not UTF-8
+    repo.transact([Put(f"q/{name}", f"{n}\n") for n, name in enumerate(names)], "odd names")
+    snap = repo.sync()
+    assert sorted(snap.listdir("q")) == sorted(names)
+    assert [snap.read(f"q/{name}") for name in names] == ["0\n", "1\n", "2\n", "3\n"]
+    repo.transact([Remove(f"q/{name}") for name in names], "gone")
+    assert repo.sync().listdir("q") == []
+    with pytest.raises(ValueError, match="not a name git can hold"):
+        Put("q/\ud800", "x")
+
+
+def test_a_missing_branch_fails_at_once_naming_it(cluster: Cluster) -> None:
+    repo = clone(cluster, "a", branch="nope", deadline=60)
+    started = time.monotonic()
+    with pytest.raises(GitError, match="has no branch 'nope'; check `branch`"):
+        repo.transact([Put("x", "1\n")], "x")
+    assert time.monotonic() - started < 10  # not retried until the deadline
+
+
+def test_a_rewound_branch_is_told_once(cluster: Cluster) -> None:
+    repo, told = clone(cluster, "a"), []
+    repo.on_rewind(lambda seen, tip: told.append((seen, tip)))
+    first = repo.transact([Put("x", "1\n")], "x").commit
+    second = repo.transact([Put("x", "2\n")], "x again").commit
+    repo.sync()
+    assert told == []  # forward only
+    git(cluster.bare, "update-ref", "refs/heads/main", str(first))
+    assert repo.sync().read("x") == "1\n"
+    assert told == [(second, first)]
+    repo.sync()
+    assert told == [(second, first)]
+
+
 def test_snapshot_tells_plain_files_from_symlinks(cluster: Cluster) -> None:
     work = cluster.root / "w"
     subprocess.run(["git", "clone", "-q", str(cluster.bare), str(work)], check=True)

@@ -12,7 +12,7 @@ PACKAGE = Path(picluster.__file__).resolve().parent
 
 # Lowest first.  A subpackage is one entry: everything in it shares its layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("version", "settings", "layout", "files", "proc", "retry"),
+    ("version", "settings", "layout", "files", "proc", "retry", "bounded"),
     ("gitstore",),
     ("identity", "signing", "trust", "schema", "tasks", "registry", "queue"),
     ("ansible", "apply", "ganglia"),

@@ -20,7 +20,14 @@ import git
 from filelock import FileLock
 
 from picluster.gitstore import fastimport
-from picluster.gitstore.errors import GitError, RemoteMoved, last_line, push_error
+from picluster.gitstore.errors import (
+    GitError,
+    RemoteMoved,
+    Unreachable,
+    fetch_error,
+    last_line,
+    push_error,
+)
 from picluster.gitstore.snapshot import Snapshot
 from picluster.retry import backoffs, retry
 
@@ -35,6 +42,8 @@ T = TypeVar("T")
 LOCALE = {"LC_ALL": "C", "LANGUAGE": ""}
 _WORK_REF = "refs/picluster/work"  # where fast-import leaves the commit about to be pushed
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+Rewind = Callable[[str, str], None]  # called with (the tip seen last, the new tip)
 
 
 def environment(name: str, email: str, ssh_command: str | None = None) -> dict[str, str]:
@@ -76,6 +85,7 @@ class Clone:
         self.env = environment(f"picluster {writer}", f"{writer}@picluster", ssh_command)
         self.lock = FileLock(str(self.path) + ".lock")
         self.mutex = threading.RLock()
+        self.on_rewind: list[Rewind] = []  # told when a fetch finds the branch rewound
         self._repo: git.Repo | None = None
 
     @property
@@ -111,12 +121,11 @@ class Clone:
             repo.git.config("fetch.unpackLimit", "1")
             self._repo = repo
             try:
-                self.fetch()
-            except GitError as error:
+                self._fetch((), "clone")
+            except GitError:
                 shutil.rmtree(self.path, ignore_errors=True)
                 self._repo = None
-                raise GitError(f"cannot clone {self.url} (branch {self.branch}): "
-                               f"{str(error).split(': ', 1)[-1]}") from None
+                raise
             return repo
 
     # -- the remote --------------------------------------------------------------------
@@ -126,20 +135,50 @@ class Clone:
 
         `refs` are fetched without local refs: a ref per intent per fetch would be a file
         created and deleted on every node for every write.  RemoteMoved: one of `refs`
-        is gone.
+        is gone.  A new tip that does not descend from the one seen last (a force-push
+        rewound the branch) is logged and told to `on_rewind`.
         """
+        return self._fetch(refs, "fetch from")
+
+    def _fetch(self, refs: Sequence[str], doing: str) -> str:
+        seen = self._tracking_tip()
         refspecs = [f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}", *refs]
         try:
             self.repo.git.fetch("--quiet", "--no-tags", "--no-write-fetch-head", "origin",
                                 *refspecs)
         except git.GitCommandError as error:
-            if "couldn't find remote ref" in str(error.stderr):
-                if refs:
-                    raise RemoteMoved("a ref was deleted meanwhile") from None
-                raise GitError(f"{self.url} has no branch '{self.branch}'; is it a cluster "
-                               "repository (picluster init-repo)?") from None
-            raise GitError(f"cannot fetch from {self.url}: {last_line(error)}") from None
-        return self.remote_tip()
+            if refs and "couldn't find remote ref" in str(error.stderr) \
+                    and f"refs/heads/{self.branch}" not in str(error.stderr):
+                raise RemoteMoved("a ref was deleted meanwhile") from None
+            raise fetch_error(doing, self.url, self.branch, error) from None
+        tip = self.remote_tip()
+        if seen is not None and tip != seen and not self._descends(tip, seen):
+            log.warning("%s of %s was REWOUND: its tip %s does not descend from %s, the tip "
+                        "this clone saw last; the commits in between are gone from it "
+                        "(a force-push?)", self.branch, self.url, tip, seen)
+            for callback in self.on_rewind:
+                callback(seen, tip)
+        return tip
+
+    def _tracking_tip(self) -> str | None:
+        """The tip the last fetch or push saw; None before the first."""
+        try:
+            return self.remote_tip()
+        except ValueError:  # no such ref yet: a fresh clone
+            return None
+
+    def _descends(self, tip: str, ancestor: str) -> bool:
+        """Whether `ancestor` is `tip` or one of its ancestors (in one step, the common
+        case, without a git process)."""
+        with self.mutex:
+            if ancestor in (parent.hexsha for parent in self.repo.commit(tip).parents):
+                return True
+        try:
+            self.repo.git.merge_base("--is-ancestor", ancestor, tip)
+        except git.GitCommandError as error:
+            # 1: not an ancestor; anything else (the old commit is gone): cannot tell.
+            return error.status != 1
+        return True
 
     def fetch_until(self, give_up: float) -> str:
         """`fetch()`, retrying transient failures until `give_up`."""
@@ -152,15 +191,16 @@ class Clone:
             try:
                 return str(self.repo.git.ls_remote("origin", *patterns))
             except git.GitCommandError as error:
-                raise GitError(f"cannot read {self.url}: {last_line(error)}") from None
+                raise fetch_error("read", self.url, self.branch, error) from None
 
         out = self._patiently(attempt, "list the remote's refs", give_up)
         return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
 
     def _patiently(self, attempt: Callable[[], T], what: str, give_up: float) -> T:
-        """`attempt()`, retrying a GitError (no network yet, a busy server) until
-        `give_up`, a `time.monotonic()` value."""
-        return retry(attempt, retry_on=(GitError,), what=what, deadline=give_up,
+        """`attempt()`, retrying while the remote is `Unreachable` (no network yet, a busy
+        server) until `give_up`, a `time.monotonic()` value.  A repository or branch that
+        does not exist fails at once."""
+        return retry(attempt, retry_on=(Unreachable,), what=what, deadline=give_up,
                      delays=backoffs(first=0.5, cap=5.0))
 
     def push(self, *args: str) -> None:
@@ -188,7 +228,7 @@ class Clone:
     def commit(self, parent: str, changes: dict[str, str | None], message: str) -> str:
         """Commit `changes` (path -> content, None: delete) on `parent`; return its sha."""
         ident = f"{self.env['GIT_COMMITTER_NAME']} <{self.env['GIT_COMMITTER_EMAIL']}>"
-        with tempfile.TemporaryFile() as feed:
+        with self._writing("commit"), tempfile.TemporaryFile() as feed:
             feed.write(fastimport.stream(_WORK_REF, ident, parent, message, changes))
             feed.seek(0)
             self.repo.git.fast_import("--quiet", "--force", "--done", istream=feed)
@@ -196,8 +236,20 @@ class Clone:
 
     def commit_text(self, text: str) -> str:
         """A parentless commit of the empty tree whose message is `text`; its sha."""
-        with _textfile(text) as name:
+        with self._writing("commit"), _textfile(text) as name:
             return str(self.repo.git.commit_tree(_EMPTY_TREE, "-F", name))
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Objects written into the clone: a full disk (or any write error) is a GitError
+        like a refused push, which the callers' retries already handle."""
+        try:
+            yield
+        except git.GitCommandError as error:
+            raise GitError(f"cannot {what} in {self.path}: {last_line(error)}") from None
+        except OSError as error:
+            raise GitError(f"cannot {what} in {self.path}: {error.strerror or error}") \
+                from None
 
     def log(self, path: str | None, limit: int) -> list[dict[str, str]]:
         """Commits on the remote tip (optionally touching `path`), newest first."""

@@ -7,13 +7,20 @@ locale anyway (`picluster.gitstore.clone.environment`).
 
 from __future__ import annotations
 
+import re
+
 import git
 
-__all__ = ["GitError", "RemoteMoved", "last_line", "push_error"]
+__all__ = ["GitError", "RemoteMoved", "Unreachable", "fetch_error", "last_line", "push_error"]
 
 
 class GitError(RuntimeError):
     """git failed in a way retrying will not fix (or the deadline passed)."""
+
+
+class Unreachable(GitError):
+    """The remote did not answer (no network yet, a busy server): worth another try,
+    unlike a repository or branch that does not exist."""
 
 
 class RemoteMoved(Exception):
@@ -47,6 +54,28 @@ def last_line(error: git.GitCommandError) -> str:
     # ("Please make sure you have the correct access rights...").
     verdicts = [line for line in lines if line.startswith(("fatal:", "error:"))]
     return (verdicts or lines or [f"git exited with status {error.status}"])[-1]
+
+
+# What git says when the repository itself is missing (a local path, over ssh, on a forge);
+# waiting will not create it.
+_MISSING = re.compile(r"does not appear to be a git repository|repository not found"
+                      r"|repository '[^']*' not found", re.IGNORECASE)
+
+
+def fetch_error(doing: str, url: str, branch: str, error: git.GitCommandError) -> GitError:
+    """What a failed fetch, clone or ls-remote (`doing`: "fetch from", ...) means: one
+    line naming the URL or the branch and the fix when either does not exist (waiting
+    will not create them), else `Unreachable`."""
+    said = _said(error, "stderr")
+    if f"couldn't find remote ref refs/heads/{branch}" in said:
+        return GitError(f"cannot {doing} {url}: it has no branch '{branch}'; check `branch` "
+                        "in the boot config (main unless set), or create the repository "
+                        "with `picluster init-repo`")
+    missing = next((line.strip() for line in said.splitlines() if _MISSING.search(line)), None)
+    if missing:
+        return GitError(f"cannot {doing} {url}: no repository there ({missing}); check `repo` "
+                        "in the boot config, or create it with `picluster init-repo`")
+    return Unreachable(f"cannot {doing} {url}: {last_line(error)}")
 
 
 def _refused(porcelain: str) -> list[tuple[str, str]]:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from picluster.bounded import load_json
 from picluster.gitstore.clone import Clone
 from picluster.gitstore.errors import GitError, RemoteMoved
 from picluster.gitstore.ops import Files, Op, affected, decode_ops, encode_ops
@@ -42,6 +43,8 @@ _PATIENCE = 5.0
 # enough to take in the stragglers of a storm, short enough that its caller (a
 # registration, a task outcome) is not held up noticeably.
 _DRAIN = 2.0
+# An intent's ops, as JSON: far more than a batch of outcomes (about 4 MiB) ever needs.
+_MAX_INTENT = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ def _commit(clone: Clone, tip: str, ops: Sequence[Op], message: str,
 def _read(clone: Clone, intent: Intent) -> tuple[str, tuple[Op, ...]]:
     """The message and ops an intent carries; a malformed one carries nothing."""
     try:
-        data = json.loads(clone.message(intent.sha).split("\n\n", 1)[1])
+        data = load_json(clone.message(intent.sha).split("\n\n", 1)[1],
+                         max_size=_MAX_INTENT, max_depth=4)
         return str(data["message"]), tuple(decode_ops(data["ops"]))
     except (IndexError, KeyError, TypeError, ValueError) as error:
         # Dropped like any carried intent, with nothing applied: it can never apply.

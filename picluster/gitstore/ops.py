@@ -15,11 +15,16 @@ Read = Callable[[str], str | None]  # a path's content in some commit, None: abs
 
 
 def check_path(path: str) -> str:
-    """`path` itself, when it is a plain relative path inside the repository."""
+    """`path` itself, when it is a plain relative path inside the repository: any name
+    git can hold (a backslash is a plain character to git), but no way out of the tree."""
     parts = PurePosixPath(path).parts
     if (not parts or path.startswith("/") or ".." in parts or "." in parts
-            or parts[0] == ".git" or "\\" in path or path != "/".join(parts)):
+            or parts[0] == ".git" or "\0" in path or path != "/".join(parts)):
         raise ValueError(f"'{path}' is not a plain relative path inside the repository")
+    try:  # a name git holds that is not UTF-8 is read with surrogate escapes
+        path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path!a} is not a name git can hold") from None
     return path
 
 
@@ -73,8 +78,21 @@ def encode_ops(ops: Sequence[Op]) -> list[dict[str, str]]:
 
 
 def decode_ops(items: list[dict[str, str]]) -> list[Op]:
-    return [_OPS[item["op"]](**{k: v for k, v in item.items() if k != "op"})
-            for item in items]
+    """The ops `encode_ops` encoded; ValueError for anything else (an intent is text
+    anyone who can push may have written)."""
+    if not isinstance(items, list):
+        raise ValueError("ops are a list")
+    ops: list[Op] = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("op") not in _OPS \
+                or not all(isinstance(v, str) for v in item.values()):
+            raise ValueError(f"not an op: {str(item)[:80]}")
+        fields = {k: v for k, v in item.items() if k != "op"}
+        try:
+            ops.append(_OPS[item["op"]](**fields))
+        except TypeError:
+            raise ValueError(f"not an op: {str(item)[:80]}") from None
+    return ops
 
 
 def affected(read: Read, ops: Iterable[Op]) -> tuple[str, ...]:

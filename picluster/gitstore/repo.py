@@ -13,6 +13,10 @@ nodes' changes, or a function of the current `Snapshot` that returns such a list
     intent, carried into main by whoever pushes it next.
 
 Either way, every push of main carries the pending intents.
+
+Every fetch checks that the branch only ever moved forward: a tip that does not descend
+from the one seen last (a force-push rewound it) is logged loudly and told to the
+callbacks given to `on_rewind`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from picluster.gitstore import inbox
-from picluster.gitstore.clone import Clone
+from picluster.gitstore.clone import Clone, Rewind
 from picluster.gitstore.errors import GitError, RemoteMoved
 from picluster.gitstore.inbox import TransactResult
 from picluster.gitstore.ops import Op, affected
@@ -75,6 +79,12 @@ class ClusterRepo:
     @property
     def writer(self) -> str:
         return self._clone.writer
+
+    def on_rewind(self, callback: Rewind) -> None:
+        """Call `callback(seen, tip)` whenever a fetch finds the branch rewound: its new
+        `tip` does not descend from the tip `seen` last (also across restarts: the clone
+        remembers it).  It runs under the clone's lock: it must not use the repository."""
+        self._clone.on_rewind.append(callback)
 
     @contextmanager
     def locked(self) -> Iterator[None]:

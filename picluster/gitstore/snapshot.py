@@ -8,6 +8,7 @@ from functools import cached_property
 
 import git
 
+from picluster.bounded import check_size
 from picluster.gitstore.ops import check_path
 
 __all__ = ["Snapshot"]
@@ -43,13 +44,20 @@ class Snapshot:
         with self.mutex:
             return self._entries(directory).get(name)
 
-    def read(self, path: str) -> str | None:
-        """The text of `path`, or None when it does not exist (or is not a file)."""
+    def read(self, path: str, *, max_size: int | None = None) -> str | None:
+        """The text of `path`, or None when it does not exist (or is not a file).
+        With `max_size`, a file of more bytes is refused (`LimitError`) unread."""
         item = self._item(path)
         if not isinstance(item, git.Blob):
             return None
         with self.mutex:
+            if max_size is not None:
+                check_size(item.size, max_size)
             return item.data_stream.read().decode("utf-8", errors="replace")
+
+    def exists(self, path: str) -> bool:
+        """True when anything (a file, a directory, a submodule) is at `path`."""
+        return self._item(path) is not None
 
     def is_regular_file(self, path: str) -> bool:
         """True for a plain file (not a symlink, submodule or directory)."""
