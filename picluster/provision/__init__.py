@@ -10,7 +10,6 @@ repository's files itself: a node joins through picluster.registry.
 from picluster.provision.card import (
     CONFIG_NAME,
     DEFAULT_MOUNT,
-    DEFAULT_PACKAGE,
     KEY_NAME,
     Prepared,
     boot_config,
@@ -22,7 +21,6 @@ from picluster.provision.firstboot import boot
 __all__ = [
     "CONFIG_NAME",
     "DEFAULT_MOUNT",
-    "DEFAULT_PACKAGE",
     "KEY_NAME",
     "BootError",
     "Prepared",
