@@ -114,7 +114,7 @@ def test_status_json_shape():
     data = json.loads(json.dumps(status_json([node])))
     assert data == {"nodes": [{"name": "pi-1", "mac": "b827eb0a1b01", "ip": "198.18.0.11",
                                "role": "master", "state": "up", "registered": True,
-                               "in_hostfile": False, "agent": True}]}
+                               "in_hostfile": False, "agent": True, "problem": ""}]}
 
 
 # -- refusing to start, without touching the machine --------------------------------------
@@ -132,7 +132,7 @@ def test_preflight_says_how_to_install_what_is_missing(monkeypatch):
 
 
 def test_up_exits_2_with_the_reason_when_the_machine_is_not_ready(monkeypatch, tmp_path):
-    monkeypatch.setattr(lab_module, "preflight", lambda: ["picluster lab must run as root"])
+    monkeypatch.setattr(lab_module, "preflight", lambda **_: ["picluster lab must run as root"])
     result = CliRunner().invoke(app, ["up", "--nodes", "2", "--dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "must run as root" in result.output
@@ -149,7 +149,7 @@ def test_every_command_says_plainly_that_it_needs_root(monkeypatch, tmp_path, co
 
 
 def test_up_refuses_a_directory_too_long_for_ssh_sockets(monkeypatch, tmp_path):
-    monkeypatch.setattr(lab_module, "preflight", list)
+    monkeypatch.setattr(lab_module, "preflight", lambda **_: [])
     with pytest.raises(LabError, match="too long") as raised:
         Lab(tmp_path / ("x" * 60)).up(2)
     assert raised.value.code == 2
