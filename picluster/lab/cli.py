@@ -79,8 +79,8 @@ def up(
                            "with systemd from a prepared SD card, and install picluster at "
                            "first boot (the first lab builds the image: minutes).")] = False,
     timeout: Annotated[float | None, typer.Option(
-        help="Seconds to wait for the cluster after the master's grace period (default "
-             "180; 600 with --machines).", show_default=False)] = None,
+        help="Seconds to wait for the cluster (default: 180, 600 with --machines, after "
+             "the master's grace period).", show_default=False)] = None,
     directory: DirOption = None,
 ) -> None:
     """Build the lab, boot every node, and wait until the cluster is usable: every node

@@ -68,6 +68,8 @@ GIT_MODES = ("ssh", "daemon")
 _SSH_PORT = 22
 _GIT_DAEMON_PORT = 9418
 _STATE = "lab.json"
+# Seconds `up` waits for the cluster after the master's grace period, by default.
+_TIMEOUT, _MACHINE_TIMEOUT = 180.0, 600.0
 # Everything `up` creates inside the lab directory; `down` removes exactly these.
 _OWNED = (_STATE, "keys", "git", "nodes", "observer", "operator", "operator.conf", "wheel")
 # ssh's ControlPath (Settings.ssh_command) is <home>/ssh/cm-<40 hex>, and ssh binds it
@@ -251,8 +253,8 @@ class Lab:
            report: Report = _quiet) -> Convergence:
         """Build and boot a lab of `nodes` nodes (machine nodes with `machines`); return once
         the cluster is usable: every node registered, a master elected, and every node in
-        the master's MPI hostfile.  `timeout` (default 180 s, 600 s for machine nodes, which
-        install picluster first) counts from the end of the master's grace period.
+        the master's MPI hostfile.  `timeout` defaults to 180 s (600 s for machine nodes,
+        which install picluster first) after the master's grace period.
 
         On an error the lab is left as it is, to be looked at; `down` removes it.
         """
@@ -275,9 +277,8 @@ class Lab:
         if leftovers:
             raise LabError(f"a lab already exists in {self.dir} ({', '.join(leftovers)}); "
                            f"remove it first with `picluster lab down --dir {self.dir}`")
-        if timeout is None:
-            timeout = 600.0 if machines else 180.0
 
+        wait = (_MACHINE_TIMEOUT if machines else _TIMEOUT) if timeout is None else timeout
         url = (f"ssh://root@{GIT_IP}{self.bare_repo}" if git == "ssh"
                else f"git://{GIT_IP}/{self.bare_repo.name}")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -332,8 +333,8 @@ class Lab:
                 self._prepare_node(node, url, master=designated, fast=fast)
             self._start_node(node)
             if designated:
-                self.converge(timeout, report, [node], hostfile=False)
-        return self.converge(timeout + self._grace(), report)
+                self.converge(wait, report, [node], hostfile=False)
+        return self.converge(wait + self._grace() if timeout is None else wait, report)
 
     def _grace(self) -> float:
         """How long the master waits after it starts before its first render."""

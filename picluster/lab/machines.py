@@ -24,7 +24,9 @@ from picluster.lab.procs import Processes
 
 __all__ = [
     "AGENT_COMMAND",
+    "CARD_FILES",
     "agent_pid",
+    "blank_card",
     "mount_disk",
     "mounts_under",
     "nspawn_argv",
@@ -35,7 +37,7 @@ __all__ = [
 
 # A Raspberry Pi OS (Trixie) boot partition before prepare-boot: the firmware's files, and
 # the NoCloud seed Raspberry Pi Imager writes (meta-data, user-data, network-config).
-_CARD = {
+CARD_FILES = {
     "config.txt": "# Raspberry Pi firmware settings\n[all]\narm_64bit=1\n",
     "cmdline.txt": "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 "
                    "rootfstype=ext4 fsck.repair=yes rootwait quiet\n",
@@ -48,14 +50,20 @@ _CARD = {
 AGENT_COMMAND = ("picluster", "boot", "--foreground")
 
 
+def blank_card(directory: Path) -> Path:
+    """A boot partition as Raspberry Pi OS comes on a card, before prepare-boot."""
+    directory.mkdir(parents=True)
+    for name, text in CARD_FILES.items():
+        (directory / name).write_text(text)
+    return directory
+
+
 def write_card(node: MachineNode, repo: str, key: Path, *, master: bool, fast: bool,
                wheel: Path, wheelhouse: Path, env: dict[str, str]) -> None:
     """Make the node's boot partition and run the real `picluster prepare-boot` on it, with
     the lab's wheel and wheelhouse (the lab has no route to a package index); with `fast`,
     the lab's quick timings are added to picluster.conf, as an operator would edit it."""
-    node.boot_dir.mkdir(parents=True)
-    for name, text in _CARD.items():
-        (node.boot_dir / name).write_text(text)
+    blank_card(node.boot_dir)
     argv = [sys.executable, "-m", "picluster", "prepare-boot", str(node.boot_dir),
             "--repo", repo, "--key", str(key), "--hostname", node.name,
             "--wheel", str(wheel), "--wheelhouse", str(wheelhouse)]
@@ -137,16 +145,23 @@ def agent_pid(node: MachineNode) -> int | None:
 
 
 # Run in the node: the first thing that keeps it from being a healthy node, in one line
-# ('' while it is healthy, or still booting).  First boot and cloud-init log their failures
-# in the journal; picluster-firstboot.sh with one line of its own.
+# ('' while it is healthy, or still booting).  picluster-firstboot.sh logs its failure in
+# one journal line; cloud-init's status turns to error just after, so a failed status is
+# read once the journal has caught up.
 _PROBE = r"""
 systemctl is-active -q picluster && exit 0
-line=$(journalctl -q -o cat -p err -t picluster-firstboot -n 1 --no-pager 2>/dev/null)
-[ -n "$line" ] && { echo "first boot failed: $line"; exit 0; }
+firstboot() {
+    line=$(journalctl -q -o cat -p err -t picluster-firstboot -n 1 --no-pager 2>/dev/null)
+    [ -n "$line" ] && echo "first boot failed: $line"
+}
+firstboot && exit 0
 [ -f /boot/firmware/user-data ] \
     || { echo "the boot partition has no user-data: cloud-init runs nothing"; exit 0; }
-cloud-init status 2>/dev/null | grep -q 'status: error' \
-    && { echo "cloud-init failed; see cloud-init status --long"; exit 0; }
+if cloud-init status 2>/dev/null | grep -q 'status: error'; then
+    sleep 1
+    firstboot || echo "cloud-init failed; see cloud-init status --long"
+    exit 0
+fi
 if systemctl is-failed -q picluster; then
     echo "picluster.service failed: $(journalctl -q -o cat -u picluster -n 1 --no-pager)"
 fi
