@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("version", "settings", "layout", "files", "proc", "retry"),
     ("gitstore",),
     ("identity", "signing", "tasks", "registry", "queue"),
-    ("ansible", "apply", "ganglia"),
+    ("ansible", "apply", "ganglia", "mpi"),
     ("master",),
     ("node",),
     ("provision",),

@@ -50,6 +50,7 @@ if [ ! -x "$venv/bin/picluster" ]; then
     if [ -n "$wheel" ]; then
         verify
     fi
+    echo "picluster-firstboot: installing ${wheel:-$package} into $venv"
     # git for the cluster repository; a venv, as Debian's Python is externally managed.
     # Only what the image lacks: a Pi without the internet may have all of it.
     missing=
