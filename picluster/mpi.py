@@ -10,8 +10,8 @@ reads them from a known_hosts file given to it through OMPI_MCA_plm_rsh_agent).
 from __future__ import annotations
 
 import os
-import pwd
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,22 +90,18 @@ def mpirun_command(settings: Settings, args: Sequence[str], hostfile: Path,
 
 
 def mpirun(settings: Settings, args: Sequence[str]) -> int:
-    """Run mpirun with `args` over the cluster's hostfile, as the cluster's user (root
-    switches to `user` when the boot config names one); returns mpirun's exit status."""
+    """Run mpirun with `args` over the cluster's hostfile, as the cluster's user; returns
+    mpirun's exit status.  Root, where the boot config names another `user`, runs all of
+    it as that user (then the fetch into the node's clone writes no file of root's)."""
+    if os.geteuid() == 0 and settings.user not in (None, "root"):
+        command = [sys.executable, "-m", "picluster", "--config", str(settings.source),
+                   "mpirun", "--", *args]
+        return subprocess.run(["runuser", "-u", str(settings.user), "--", *command],
+                              check=False).returncode
     hostfile, known_hosts = cluster_files(settings)
     argv, extra = mpirun_command(settings, args, hostfile, known_hosts)
-    env = {**os.environ, **extra}
-    account = None
-    if os.geteuid() == 0 and settings.user not in (None, "root"):
-        account = pwd.getpwnam(str(settings.user))
-        env |= {"HOME": account.pw_dir, "USER": account.pw_name, "LOGNAME": account.pw_name}
     try:
-        return subprocess.run(
-            argv, env=env, check=False,
-            user=account.pw_uid if account else None,
-            group=account.pw_gid if account else None,
-            extra_groups=os.getgrouplist(account.pw_name, account.pw_gid) if account
-            else None).returncode
+        return subprocess.run(argv, env={**os.environ, **extra}, check=False).returncode
     except FileNotFoundError:
         raise MpiError("mpirun is not installed on this node; install OpenMPI with "
                        "`picluster apply openmpi` on the master") from None

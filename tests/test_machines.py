@@ -123,7 +123,8 @@ def test_systemd_restarts_a_killed_agent_within_10_s(lab: Lab) -> None:
     assert on(lab, node, "systemctl show -p NRestarts --value picluster") != "0"
 
 
-def test_stopping_the_service_lets_a_running_task_finish_and_push(lab: Lab) -> None:
+def test_stopping_the_service_lets_a_running_task_finish_and_push(lab: Lab,
+                                                                  tmp_path: Path) -> None:
     node = lab.node(worker(lab))
     queued = run_cli("--config", str(lab.operator_config), "enqueue", node.mac, "sleep",
                      "--arg", "seconds=5")
@@ -141,8 +142,7 @@ def test_stopping_the_service_lets_a_running_task_finish_and_push(lab: Lab) -> N
     assert time.monotonic() - started > 1, journal  # it waited for the task
     assert on(lab, node.name, "systemctl show -p Result --value picluster") == "success"
 
-    operator = ClusterRepo(url=str(lab.bare_repo), clone_dir=lab.dir / "test-operator",
-                           writer="test")
+    operator = ClusterRepo(url=str(lab.bare_repo), clone_dir=tmp_path / "repo", writer="test")
     outcome = outcome_of(operator.sync(), node.mac, task_id)
     assert outcome is not None and outcome.status == "ok", outcome
     assert lab.exec(node.name, ["systemctl", "start", "picluster"]).returncode == 0

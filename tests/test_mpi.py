@@ -113,3 +113,19 @@ def test_picluster_mpirun_without_a_hostfile_says_why_in_one_line(cluster: Clust
     assert done.returncode == 1
     assert done.stderr.startswith("picluster: the cluster has no MPI hostfile yet")
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root hands mpirun to the cluster's user")
+def test_root_runs_it_all_as_the_cluster_s_user(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "node.conf"
+    config.write_text(f"repo = {tmp_path / 'none.git'}\nuser = pi\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "runuser").write_text('#!/bin/sh\necho "$@"\nexit 5\n')
+    (fake / "runuser").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    done = run_cli("mpirun", "--", "-np", "2", "hostname", config=config)
+    assert done.returncode == 5, done.stderr
+    assert done.stdout.startswith("-u pi -- ")  # before it reads or writes anything
+    assert done.stdout.rstrip().endswith(f"--config {config} mpirun -- -np 2 hostname")

@@ -207,9 +207,9 @@ class Lab:
                                f"{result.stderr.strip() or result.stdout.strip()}")
 
     def _boot(self, node: Node) -> None:
-        """Switch on the node's software: its first-boot command, run as on a Pi.  Lab
-        nodes have no systemd; --foreground makes sure `boot` never hands the node over to
-        this machine's, should it run one."""
+        """Switch on a namespace node's software: its first-boot command, run as on a Pi.
+        These nodes have no systemd; --foreground makes sure `boot` never hands the node
+        over to this machine's, should it run one."""
         self.procs.spawn(node, "agent", [*self.procs.enter(node, node.home), sys.executable,
                                          "-m", "picluster", "--config", str(node.config),
                                          "boot", "--foreground"])
