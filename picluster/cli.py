@@ -18,7 +18,8 @@ from picluster.ganglia import config_problems
 from picluster.gitstore import ClusterRepo, GitError, Snapshot, init_bare
 from picluster.identity import IdentityError, identify, writer_name
 from picluster.node import catalogue, reported_facts
-from picluster.provision import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
+from picluster.provision import DEFAULT_MOUNT, BootError, boot, prepare_boot
+from picluster.provision.wheels import DEFAULT_ARCH, DEFAULT_PYTHON, WHEELS_DIR
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
 from picluster.registry import (
     Membership,
@@ -404,9 +405,25 @@ def prepare_boot_command(
         help="Where the node mounts this partition: /boot/firmware (Bookworm and later), "
              "/boot (older); for the first-boot hook of images without cloud-init.")]
     = DEFAULT_MOUNT,
-    package: Annotated[str, typer.Option(
-        help="What the node pip-installs, e.g. picluster==1.0 or git+https://...")]
-    = DEFAULT_PACKAGE,
+    wheel: Annotated[Path | None, typer.Option(
+        help="The picluster wheel the node installs (default: built from this picluster's "
+             "source).")] = None,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Also put the wheels of picluster's dependencies on the card, "
+                          "downloaded now for --platform: first boot needs no package "
+                          "index.")] = False,
+    wheelhouse: Annotated[Path | None, typer.Option(
+        help="Like --offline, with the dependencies' wheels from this directory.")] = None,
+    platform: Annotated[str, typer.Option(
+        help="The node's machine, for --offline: aarch64 (64-bit Raspberry Pi OS), "
+             "x86_64, ...")] = DEFAULT_ARCH,
+    python_version: Annotated[str, typer.Option(
+        help="The node's Python, for --offline.")] = DEFAULT_PYTHON,
+    package: Annotated[str | None, typer.Option(
+        help="Opt-in instead of the wheel: a requirement the node pip-installs from the "
+             "package index by name, e.g. 'picluster==1.0' or git+https://...  "
+             "(trusts the index: the name 'picluster' there is another project).")]
+    = None,
     signer: Annotated[Path | None, typer.Option(
         help="The operator's OpenSSH public key file: the node trusts it from its first "
              "boot, whatever the repository says (its trust anchor).")] = None,
@@ -416,20 +433,28 @@ def prepare_boot_command(
     """Make an SD card's boot partition boot a node of the cluster (never `dd`s).
 
     Writes picluster.conf, the cluster key, with --signer the trust anchor, the `ssh`
-    file, and the first-boot hooks that install picluster and run `picluster boot`:
-    cloud-init's user-data, and on images without cloud-init picluster-firstrun.sh
-    through cmdline.txt.
+    file, picluster's wheel with its sha256 (picluster-wheels/), and the first-boot hooks
+    that check and install it and run `picluster boot`: cloud-init's user-data, and on
+    images without cloud-init picluster-firstrun.sh through cmdline.txt.
     """
     try:
         done = prepare_boot(boot_dir, repo=repo, key=key, master=master, hostname=hostname,
-                            force=force, mount=mount, package=package, signer=signer,
+                            force=force, mount=mount, package=package, wheel=wheel,
+                            wheelhouse=wheelhouse, offline=offline, arch=platform,
+                            python_version=python_version, signer=signer,
                             signer_name=signer_name)
     except BootError as error:
         fail(str(error), error.code)
     role = "the master" if master else "a node"
+    installs = (f"{done.wheel}" + (f" and {done.dependencies} dependencies' wheels"
+                                   if done.dependencies else "") if done.wheel
+                else f"{package} from the package index")
+    written = [name for name in done.written if not name.startswith(f"{WHEELS_DIR}/")]
+    if done.wheel:
+        written.append(f"{WHEELS_DIR}/")
     out.print(f"prepared {boot_dir} to boot {role}{f' named {hostname}' if hostname else ''}"
-              f" (first boot through {' or '.join(done.hooks)}); wrote "
-              f"{', '.join(done.written)}", highlight=False, soft_wrap=True)
+              f", installing {installs} (first boot through {' or '.join(done.hooks)}); "
+              f"wrote {', '.join(written)}", highlight=False, soft_wrap=True)
 
 
 @app.command("boot")
@@ -454,6 +479,29 @@ def boot_command(
         fail(str(error), error.code)
     except IdentityError as error:
         fail(str(error), EXIT_USAGE)
+
+
+@app.command("mpirun", context_settings={"ignore_unknown_options": True,
+                                         "allow_extra_args": True})
+def mpirun_command(
+    ctx: typer.Context,
+    args: Annotated[list[str] | None, typer.Argument(
+        help="mpirun's own arguments, e.g. -np 8 python3 hello.py.")] = None,
+) -> None:
+    """Run OpenMPI's mpirun over the cluster's hostfile, from any node; exit with its code.
+
+    As the cluster's user (root is allowed with OpenMPI's two flags), with every node's
+    host key checked against the keys nodes registered.  On the master the hostfile is the
+    one it renders; elsewhere the one it committed to the cluster repository.
+    """
+    from picluster.mpi import MpiError, mpirun
+
+    conf = settings(ctx)
+    try:
+        code = mpirun(conf, [*(args or []), *ctx.args])
+    except MpiError as error:
+        fail(str(error))
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -10,17 +10,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import run_cli, status_of
 from typer.testing import CliRunner
 
 from picluster.gitstore import ClusterRepo, Remove
+from picluster.lab import image, machine
 from picluster.lab import lab as lab_module
-from picluster.lab import machine
 from picluster.lab.cli import app
 from picluster.lab.errors import LabError
 from picluster.lab.hosts import FAST_TIMINGS, render_node_config, render_sshd_config
 from picluster.lab.lab import Lab
 from picluster.lab.machine import preflight
+from picluster.lab.machines import blank_card, nspawn_argv
 from picluster.lab.net import MAX_NODES, lab_dir, lab_prefix, node_ip, node_mac
 from picluster.lab.procs import alive
 from picluster.lab.status import NodeStatus, parse_hostfile, status_json
@@ -114,7 +116,61 @@ def test_status_json_shape():
     data = json.loads(json.dumps(status_json([node])))
     assert data == {"nodes": [{"name": "pi-1", "mac": "b827eb0a1b01", "ip": "198.18.0.11",
                                "role": "master", "state": "up", "registered": True,
-                               "in_hostfile": False, "agent": True}]}
+                               "in_hostfile": False, "agent": True, "problem": ""}]}
+
+
+# -- the machine nodes' image and cards (nothing built) --------------------------------------
+
+
+def test_the_mirror_is_the_one_this_machine_s_apt_sources_name(tmp_path):
+    (tmp_path / "sources.list.d").mkdir(parents=True)
+    assert image.debian_mirror(tmp_path) == "http://deb.debian.org/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\nTypes: deb\nURIs: http://security.example/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n")
+    assert image.debian_mirror(tmp_path) == "http://mirror.example/debian"
+    (tmp_path / "sources.list").write_text(
+        "# one-line format\ndeb [arch=amd64] http://old.example/debian bookworm main\n")
+    assert image.debian_mirror(tmp_path) == "http://old.example/debian"
+
+
+def test_the_image_is_rebuilt_when_its_package_lists_change(monkeypatch, tmp_path):
+    first = image.image_for("http://m/debian", tmp_path)
+    assert first == image.image_for("http://m/debian", tmp_path)  # cached under its key
+    monkeypatch.setattr(image, "NODE_PACKAGES", (*image.NODE_PACKAGES, "htop"))
+    assert image.image_for("http://m/debian", tmp_path) != first
+    monkeypatch.undo()
+    assert image.image_for("http://other/debian", tmp_path) != first
+    assert first.dir.parent == tmp_path
+
+
+def test_the_image_holds_nothing_of_picluster_s_and_the_mirror_all_it_installs():
+    assert not {"git", "openmpi-bin", "ganglia-monitor", "gmetad"} & set(image.BASE_PACKAGES)
+    root = Path(__file__).resolve().parent.parent
+    firstboot = (root / "picluster" / "data" / "picluster-firstboot.sh").read_text()
+    wanted = set(re.findall(r'missing="\$missing ([a-z0-9.+-]+)"', firstboot))
+    assert wanted == {"git", "openssh-client", "python3-venv"}
+    for playbook in (root / "tasks").glob("*.yml"):
+        if playbook.stem.startswith("nfs"):
+            continue  # no NFS in the lab machine's kernel
+        for play in yaml.safe_load(playbook.read_text()) or []:
+            for task in play.get("tasks", []):
+                names = task.get("ansible.builtin.apt", {}).get("name", [])
+                wanted.update([names] if isinstance(names, str) else names)
+    assert wanted <= set(image.NODE_PACKAGES) | set(image.BASE_PACKAGES)
+
+
+def test_a_machine_node_s_card_is_a_raspberry_pi_os_boot_partition(tmp_path):
+    card = blank_card(tmp_path / "card")
+    assert {"config.txt", "cmdline.txt", "meta-data", "user-data", "network-config"} <= \
+        {path.name for path in card.iterdir()}
+    assert yaml.safe_load((card / "network-config").read_text())["network"]["version"] == 2
+    node = Lab(tmp_path)._node(2, machine=True)
+    argv = nspawn_argv(node, image.Image(tmp_path / "img"))
+    assert f"--network-namespace-path=/run/netns/{node.netns}" in argv
+    assert f"--bind-ro={node.boot_dir}:/boot/firmware" in argv and "--boot" in argv
+    assert node.on_host(Path("/var/lib/picluster/x")) == node.root / "var/lib/picluster/x"
 
 
 # -- refusing to start, without touching the machine --------------------------------------
@@ -132,7 +188,7 @@ def test_preflight_says_how_to_install_what_is_missing(monkeypatch):
 
 
 def test_up_exits_2_with_the_reason_when_the_machine_is_not_ready(monkeypatch, tmp_path):
-    monkeypatch.setattr(lab_module, "preflight", lambda: ["picluster lab must run as root"])
+    monkeypatch.setattr(lab_module, "preflight", lambda **_: ["picluster lab must run as root"])
     result = CliRunner().invoke(app, ["up", "--nodes", "2", "--dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "must run as root" in result.output
@@ -149,7 +205,7 @@ def test_every_command_says_plainly_that_it_needs_root(monkeypatch, tmp_path, co
 
 
 def test_up_refuses_a_directory_too_long_for_ssh_sockets(monkeypatch, tmp_path):
-    monkeypatch.setattr(lab_module, "preflight", list)
+    monkeypatch.setattr(lab_module, "preflight", lambda **_: [])
     with pytest.raises(LabError, match="too long") as raised:
         Lab(tmp_path / ("x" * 60)).up(2)
     assert raised.value.code == 2
@@ -267,6 +323,11 @@ def test_down_removes_every_namespace_process_and_file(fresh_lab):
     state = fresh_lab.up(2, fast=True, master_index=2, git="daemon", timeout=120)
     assert state.master == "pi-2"  # the designated master, served by git daemon
     assert json.loads(fresh_lab.state_file.read_text())["repo"].startswith("git://")
+    # up returned once the cluster was usable: MPI runs at once on every node.
+    assert all(node.in_hostfile for node in fresh_lab.status())
+    ranks = fresh_lab.mpirun(["-np", "2", "--map-by", "node", "hostname"],
+                             capture_output=True, text=True, timeout=60)
+    assert ranks.returncode == 0 and sorted(ranks.stdout.split()) == ["pi-1", "pi-2"], ranks
     pids = [pid for group in fresh_lab.pids().values() for pid in group]
     assert len(pids) >= 6  # per node a holder, sshd and agent at least
 

@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("version", "settings", "layout", "files", "proc", "retry", "bounded"),
     ("gitstore",),
     ("identity", "signing", "trust", "schema", "tasks", "registry", "queue"),
-    ("ansible", "apply", "ganglia"),
+    ("ansible", "apply", "ganglia", "mpi"),
     ("master",),
     ("node",),
     ("provision",),

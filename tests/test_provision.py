@@ -14,6 +14,8 @@ import socket
 import stat
 import subprocess
 import sys
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,17 @@ from picluster import layout
 from picluster.lab.lab import Lab, render_lab_settings
 from picluster.provision import card as card_module
 from picluster.provision import firstboot
-from picluster.provision.card import FIRSTRUN, KEY_NAME, RUNCMD, prepare_boot
+from picluster.provision.card import FIRSTBOOT, FIRSTRUN, KEY_NAME, RUNCMD, prepare_boot
 from picluster.provision.common import BootError
-from picluster.provision.firstboot import UNIT, boot, hosts_text, install_keys, set_hostname
+from picluster.provision.firstboot import (
+    UNIT,
+    boot,
+    default_hostname,
+    hosts_text,
+    install_keys,
+    set_hostname,
+)
+from picluster.provision.wheels import SUMS, WHEELS_DIR, build_wheel, platform_tags, sha256
 from picluster.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,11 +79,27 @@ def cluster_key(tmp_path: Path) -> Path:
 
 
 def contents(directory: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+    return {str(path.relative_to(directory)): path.read_bytes()
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+# The wheel of this picluster, built once for the module: prepare-boot is given it with
+# --wheel (building it costs seconds), unless a test passes --wheel or --package itself.
+WHEEL: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def this_wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    WHEEL.append(build_wheel(tmp_path_factory.mktemp("wheel")))
+    yield WHEEL[0]
+    WHEEL.clear()
 
 
 def prepare(card: Path, key: Path, *args: str, repo: str = "ssh://root@198.18.0.2/c.git"):
-    return run_cli("prepare-boot", str(card), "--repo", repo, "--key", str(key), *args)
+    chosen = {"--wheel", "--package"} & set(args)
+    wheel = [] if chosen else ["--wheel", str(WHEEL[0])]
+    return run_cli("prepare-boot", str(card), "--repo", repo, "--key", str(key), *wheel,
+                   *args)
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], code: int, words: str) -> None:
@@ -139,7 +165,11 @@ def test_prepare_boot_writes_a_card_that_boots_a_node(card: Path, cluster_key: P
     assert schema.returncode == 0, schema.stdout + schema.stderr
 
     firstboot = (card / "picluster-firstboot.sh").read_text()
-    assert "pip\" install picluster\n" in firstboot
+    wheel = WHEEL[0]
+    assert f"\nwheel={wheel.name}\n" in firstboot and "\npackage=''\n" in firstboot
+    assert 'pip" install picluster' not in firstboot  # never a bare name from an index
+    assert (card / WHEELS_DIR / wheel.name).read_bytes() == wheel.read_bytes()
+    assert (card / WHEELS_DIR / SUMS).read_text() == f"{sha256(wheel)}  {wheel.name}\n"
     assert 'boot_dir/picluster.conf" boot' in firstboot
     assert (card / "cmdline.txt").read_text() == CMDLINE.rstrip("\n") + (
         f" systemd.run=/boot/firmware/{FIRSTRUN} systemd.run_success_action=reboot"
@@ -154,7 +184,9 @@ def test_a_plain_node_config_names_no_master_and_no_hostname(card: Path,
     assert prepare(card, cluster_key, "--package", "picluster==1.0 ; true").returncode == 0
     settings = Settings.load(card / "picluster.conf")
     assert settings.master is False and settings.hostname is None
-    assert "install 'picluster==1.0 ; true'\n" in (card / "picluster-firstboot.sh").read_text()
+    firstboot = (card / "picluster-firstboot.sh").read_text()
+    assert "\npackage='picluster==1.0 ; true'\n" in firstboot and "\nwheel=''\n" in firstboot
+    assert not (card / WHEELS_DIR).exists()
 
 
 def test_imager_user_data_keeps_its_settings_and_gains_one_runcmd(card: Path,
@@ -272,7 +304,7 @@ def test_a_failed_write_puts_back_what_was_there(card: Path, cluster_key: Path,
 
     monkeypatch.setattr(card_module, "install_file", failing_install)
     with pytest.raises(BootError, match=r"No space left on device.*nothing was changed"):
-        prepare_boot(card, repo="/x.git", key=cluster_key)
+        prepare_boot(card, repo="/x.git", key=cluster_key, wheel=WHEEL[0])
     assert {"picluster.conf", "user-data", "cmdline.txt", FIRSTRUN} <= set(calls)
     assert contents(card) == before
 
@@ -299,6 +331,135 @@ cat /etc/systemd/system/picluster-firstboot.service
     assert done.stderr == ""  # systemd-analyze verify: clean
     assert (card / "cmdline.txt").read_text() == CMDLINE  # runs once
     assert (card / "imager-ran").exists() and not (card / "firstrun.sh").exists()
+
+
+# -- the wheel on the card: exactly this picluster -------------------------------------------
+
+
+def test_without_wheel_prepare_boot_builds_this_picluster_s_own(card: Path,
+                                                                cluster_key: Path) -> None:
+    done = run_cli("prepare-boot", str(card), "--repo", "/x.git", "--key", str(cluster_key))
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (card / WHEELS_DIR).glob("*.whl")
+    assert wheel.name == WHEEL[0].name
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read(f"picluster/data/{FIRSTBOOT}")
+        assert shipped == (ROOT / "picluster" / "data" / FIRSTBOOT).read_bytes()
+        assert "picluster/playbooks/site.yml" in archive.namelist()
+    assert (card / WHEELS_DIR / SUMS).read_text() == f"{sha256(wheel)}  {wheel.name}\n"
+    assert f"installing {wheel.name} (" in done.stdout
+
+
+def wheelhouse(directory: Path) -> Path:
+    directory.mkdir()
+    for name in ("huey-2.5.0-py3-none-any.whl", "PyYAML-6.0-cp311-cp311-manylinux_2_17_aarch64.whl",
+                 "picluster-0.0.1-py3-none-any.whl"):  # another picluster: never taken
+        (directory / name).write_bytes(name.encode())
+    return directory
+
+
+def test_a_wheelhouse_puts_every_dependency_on_the_card(card: Path, cluster_key: Path,
+                                                        tmp_path: Path) -> None:
+    done = prepare(card, cluster_key, "--wheelhouse", str(wheelhouse(tmp_path / "house")))
+    assert done.returncode == 0, done.stderr
+    names = [WHEEL[0].name, "PyYAML-6.0-cp311-cp311-manylinux_2_17_aarch64.whl",
+             "huey-2.5.0-py3-none-any.whl"]
+    assert sorted(path.name for path in (card / WHEELS_DIR).glob("*.whl")) == sorted(names)
+    sums = (card / WHEELS_DIR / SUMS).read_text().splitlines()
+    assert [line.split("  ")[1] for line in sums] == names  # picluster's first
+    assert all(line.split()[0] == sha256(card / WHEELS_DIR / line.split()[1]) for line in sums)
+    assert "\noffline=yes\n" in (card / FIRSTBOOT).read_text()
+    assert "and 2 dependencies' wheels" in done.stdout
+
+    # Prepared again without them: the card holds no wheel the new SHA256SUMS lacks.
+    assert prepare(card, cluster_key, "--force").returncode == 0
+    assert sorted(path.name for path in (card / WHEELS_DIR).iterdir()) == [SUMS, WHEEL[0].name]
+    assert "\noffline=''\n" in (card / FIRSTBOOT).read_text()
+
+
+def test_offline_downloads_the_dependencies_for_a_64_bit_pi(card: Path,
+                                                           cluster_key: Path) -> None:
+    done = prepare(card, cluster_key, "--offline")
+    assert done.returncode == 0, done.stderr
+    names = [path.name.lower() for path in (card / WHEELS_DIR).glob("*.whl")]
+    for project in ("huey-", "gitpython-", "ansible_core-", "typer-", "sshsig-"):
+        assert any(name.startswith(project) for name in names), project
+    built = [name for name in names if not name.endswith("-none-any.whl")]
+    assert any(name.startswith("cryptography-") for name in built)
+    assert all("aarch64" in name for name in built), built  # the Pi's, not this machine's
+
+
+def test_platform_tags_reach_back_from_debian_12_s_glibc() -> None:
+    tags = platform_tags("aarch64")
+    assert tags[0] == "manylinux_2_36_aarch64"
+    assert {"manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64",
+            "linux_aarch64"} <= set(tags)
+
+
+def test_wheel_choices_that_contradict_each_other_are_refused(card: Path, cluster_key: Path,
+                                                              tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other.whl").write_bytes(b"")
+    before = contents(card)
+    for args, words in [
+        (["--package", "picluster==1.0", "--offline"], "--package installs picluster"),
+        (["--package", "picluster==1.0", "--wheel", str(WHEEL[0])], "cannot be combined"),
+        (["--offline", "--wheelhouse", str(tmp_path)], "choose one"),
+        (["--wheel", str(tmp_path / "other.whl")], "not a picluster wheel"),
+        (["--wheelhouse", str(tmp_path / "absent")], "no such directory"),
+        (["--wheelhouse", str(tmp_path / "empty")], "no wheels in it"),
+    ]:
+        one_line_error(prepare(card, cluster_key, *args), 2, words)
+    assert contents(card) == before
+
+
+def first_boot(card: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run the card's picluster-firstboot.sh with apt-get, python3 and logger recorded
+    instead of run (python3 -m venv stops the script: exit 42), and its venv and lock
+    under tmp_path.  Returns the result and the recorded commands."""
+    stubs, calls = tmp_path / "bin", tmp_path / "calls"
+    stubs.mkdir(exist_ok=True)
+    calls.write_text("")
+    for name, code in (("apt-get", 42), ("logger", 0),
+                       ("python3", '$([ "$1" = -c ] && echo 0 || echo 42)')):
+        (stubs / name).write_text(f'#!/bin/sh\n[ "$1" = -c ] || echo "{name} $*" >> {calls}\n'
+                                  f"exit {code}\n")
+        (stubs / name).chmod(0o755)
+    done = subprocess.run(["sh", str(card / FIRSTBOOT)], capture_output=True, text=True,
+                          check=False, env={"PATH": f"{stubs}:/usr/bin:/bin",
+                                            "PICLUSTER_VENV": str(tmp_path / "venv"),
+                                            "PICLUSTER_FIRSTBOOT_LOCK": str(tmp_path / "lock")})
+    return done, calls.read_text().splitlines()
+
+
+def test_first_boot_installs_the_wheel_it_checked(card: Path, cluster_key: Path,
+                                                  tmp_path: Path) -> None:
+    assert prepare(card, cluster_key).returncode == 0
+    done, calls = first_boot(card, tmp_path)
+    assert done.returncode == 42, done.stderr
+    assert calls == [f"python3 -m venv {tmp_path / 'venv'}"]  # checked, then installing
+    script = (card / FIRSTBOOT).read_text()
+    assert '"file://$wheels/$wheel#sha256=$sum"' in script  # pip checks the hash again
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    (lambda wheels: wheels.joinpath(WHEEL[0].name).open("ab").write(b"\0"),
+     "picluster-wheels/{wheel} does not match its sha256 in SHA256SUMS"),
+    (lambda wheels: wheels.joinpath("evil-1.0-py3-none-any.whl").write_bytes(b"x"),
+     "evil-1.0-py3-none-any.whl is not in"),
+    (lambda wheels: wheels.joinpath(SUMS).unlink(), "SHA256SUMS: this card holds no"),
+])
+def test_a_tampered_card_stops_first_boot_with_one_line_and_installs_nothing(
+        card: Path, cluster_key: Path, tmp_path: Path, damage, words: str) -> None:
+    assert prepare(card, cluster_key).returncode == 0
+    damage(card / WHEELS_DIR)
+    done, calls = first_boot(card, tmp_path)
+    assert done.returncode == 1
+    assert len(calls) == 1 and calls[0].startswith(
+        "logger -p user.err -t picluster-firstboot -- "), calls  # one line in the journal
+    assert words.format(wheel=WHEEL[0].name) in calls[0]
+    assert calls[0].endswith("nothing was installed")
+    assert not (tmp_path / "venv").exists()
 
 
 # -- the service and the seed's shims ---------------------------------------------------------
@@ -407,6 +568,21 @@ def test_the_hostname_changes_only_where_systemd_runs(tmp_path: Path,
     assert set_hostname(other) is True
     assert system.commands == [["hostnamectl", "set-hostname", "pi-77"]]
     assert (tmp_path / "hosts").read_text().endswith("127.0.1.1\tpi-77\n")
+
+
+def test_a_node_without_a_name_is_named_after_its_mac(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings.parse(f"repo = /x\nmac = b8:27:eb:12:34:56\netc_dir = {tmp_path}\n",
+                              tmp_path / "c.conf")
+    assert default_hostname("b827eb123456") == "pi-123456"
+    system = FakeSystem(monkeypatch)
+    monkeypatch.setattr(firstboot.socket, "gethostname", lambda: "raspberrypi")
+    assert set_hostname(settings) is True  # never the image's shared name
+    assert system.commands == [["hostnamectl", "set-hostname", "pi-123456"]]
+    system.commands.clear()
+    monkeypatch.setattr(firstboot.socket, "gethostname", lambda: "kitchen")
+    assert set_hostname(settings) is False  # named by its owner: theirs to keep
+    assert system.commands == []
 
 
 def test_boot_under_systemd_joins_then_enables_the_service(

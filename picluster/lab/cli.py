@@ -74,10 +74,17 @@ def up(
     = False,
     git: Annotated[GitMode, typer.Option(  # type: ignore[valid-type]
         help="Serve the cluster repository over ssh, or with git daemon.")] = _DEFAULT_GIT,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the cluster.")] = 180.0,
+    machines: Annotated[bool, typer.Option(
+        "--machines", help="Machine nodes: systemd-nspawn containers that boot Debian 12 "
+                           "with systemd from a prepared SD card, and install picluster at "
+                           "first boot (the first lab builds the image: minutes).")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        help="Seconds to wait for the cluster (default: 180, 600 with --machines, after "
+             "the master's grace period).", show_default=False)] = None,
     directory: DirOption = None,
 ) -> None:
-    """Build the lab, boot every node, and wait until all registered and a master won."""
+    """Build the lab, boot every node, and wait until the cluster is usable: every node
+    registered, a master elected, every node in the master's MPI hostfile."""
     with _lab(directory, root=False) as lab, Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
             MofNCompleteColumn(), TimeElapsedColumn(), console=err) as progress:
@@ -87,7 +94,7 @@ def up(
             progress.update(task, description=step, completed=done, total=total or None)
 
         state = lab.up(nodes, master_index=master_index, fast=fast, git=git.value,
-                       timeout=timeout, report=report)
+                       machines=machines, timeout=timeout, report=report)
     out.print(f"lab up in {lab.dir}: {len(state.registered)} nodes, master {state.master}.",
               "Next: picluster lab status | exec pi-1 -- hostname | down", sep="\n",
               highlight=False, soft_wrap=True)
@@ -119,6 +126,9 @@ def status(
                       mark(node.registered), mark(node.in_hostfile),
                       "running" if node.agent else "[red]stopped[/]")
     out.print(table)
+    for node in nodes:
+        if node.problem:
+            out.print(f"[red]{node.name}:[/] {node.problem}", highlight=False, soft_wrap=True)
 
 
 @app.command("exec", context_settings=_PASS_THROUGH)
@@ -153,11 +163,14 @@ def revive(node: NodeArgument, directory: DirOption = None) -> None:
 def mpirun(
     args: Annotated[list[str] | None, typer.Argument(
         help="mpirun's arguments, e.g. -np 4 hostname.")] = None,
+    node: Annotated[str | None, typer.Option(
+        help="Run it on this node (default: the master).")] = None,
     directory: DirOption = None,
 ) -> None:
-    """Run mpirun on the master over the hostfile it rendered; exit with its exit code."""
+    """Run `picluster mpirun` on the master (or --node) over the cluster's hostfile; exit
+    with its exit code."""
     with _lab(directory) as lab:
-        code = lab.mpirun(args or []).returncode
+        code = lab.mpirun(args or [], node=node).returncode
     raise typer.Exit(code)
 
 

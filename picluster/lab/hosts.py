@@ -1,8 +1,8 @@
 """The lab's hosts, as files: where each keeps its things, and the configs the lab writes.
 
 A host is a machine of the lab (the git server, or a node); a Node is a Raspberry Pi: a
-host with a boot partition, a home and an agent.  Another kind of node (a machine node:
-a container with a system of its own) is another Host here.
+host with a boot partition, a home and an agent.  A MachineNode is a Pi with a system of
+its own: a container that boots systemd from a disk of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from picluster.settings import Settings
 __all__ = [
     "FAST_TIMINGS",
     "Host",
+    "MachineNode",
     "Node",
     "render_lab_settings",
     "render_node_config",
@@ -88,6 +89,28 @@ class Node(Host):
 
     def settings(self) -> Settings:
         return Settings.load(self.config)
+
+
+@dataclass(frozen=True)
+class MachineNode(Node):
+    """A Pi with a system of its own: systemd-nspawn boots it from `root`, an overlay of the
+    lab's image whose writable layer (`disk`) is the node's SD card root partition, and
+    binds its boot partition (`boot_dir`) at /boot/firmware.  Its files, home and logs are
+    the node's own: paths in its settings are paths inside it (`on_host` finds them)."""
+
+    @property
+    def disk(self) -> Path:
+        """What the node wrote: kept across power cuts, like an SD card."""
+        return self.dir / "disk"
+
+    @property
+    def root(self) -> Path:
+        """The node's / while it is up (the overlay's mount point)."""
+        return self.dir / "root"
+
+    def on_host(self, path: Path) -> Path:
+        """Where this machine sees the node's `path` (while the node is up)."""
+        return self.root / path.relative_to("/")
 
 
 def render_sshd_config(host: Host, authorized_keys: Path) -> str:

@@ -1,10 +1,11 @@
 """The Lab: one directory, and everything a lab is.
 
 The directory holds its keys, the git server's bare repository, every node's boot
-partition and home, logs and pid files; the names of its namespaces derive from it
-(picluster.lab.net).  A Lab builds its hosts from those pieces: the wire (net), the
-processes (procs), the files and configs (hosts); and it answers for the cluster: has
-it converged, what is each node's status.
+partition and home (a machine node's disk), logs and pid files; the names of its
+namespaces derive from it (picluster.lab.net).  A Lab builds its hosts from those pieces:
+the wire (net), the processes (procs), the files and configs (hosts), and for machine
+nodes the image (image) and their cards and disks (machines); and it answers for the
+cluster: is it usable, what is each node's status.
 """
 
 from __future__ import annotations
@@ -24,13 +25,25 @@ from picluster.files import install_file
 from picluster.gitstore import ClusterRepo, GitError, Snapshot
 from picluster.lab.errors import LabError, run
 from picluster.lab.hosts import (
+    FAST_TIMINGS,
     Host,
+    MachineNode,
     Node,
     render_lab_settings,
     render_node_config,
     render_sshd_config,
 )
+from picluster.lab.image import Image, ensure_image, ensure_wheelhouse
 from picluster.lab.machine import preflight, search_path
+from picluster.lab.machines import agent_pid as machine_agent_pid
+from picluster.lab.machines import (
+    mount_disk,
+    mounts_under,
+    nspawn_argv,
+    problem,
+    unmount_all,
+    write_card,
+)
 from picluster.lab.net import (
     GIT_IP,
     MAX_NODES,
@@ -44,7 +57,9 @@ from picluster.lab.net import (
 from picluster.lab.procs import Processes, tail
 from picluster.lab.status import Convergence, LabState, NodeStatus, parse_hostfile
 from picluster.layout import MASTER, ip_path
-from picluster.provision import anchor_text
+from picluster.provision import BootError, anchor_text
+from picluster.provision.wheels import build_wheel
+from picluster.settings import DEFAULTS
 
 __all__ = ["GIT_MODES", "Lab", "Report"]
 
@@ -53,9 +68,10 @@ GIT_MODES = ("ssh", "daemon")
 _SSH_PORT = 22
 _GIT_DAEMON_PORT = 9418
 _STATE = "lab.json"
+# Seconds `up` waits for the cluster after the master's grace period, by default.
+_TIMEOUT, _MACHINE_TIMEOUT = 180.0, 600.0
 # Everything `up` creates inside the lab directory; `down` removes exactly these.
-_OWNED = (_STATE, "keys", "git", "nodes", "observer", "operator", "operator.conf",
-          "known_hosts")
+_OWNED = (_STATE, "keys", "git", "nodes", "observer", "operator", "operator.conf", "wheel")
 # ssh's ControlPath (Settings.ssh_command) is <home>/ssh/cm-<40 hex>, and ssh binds it
 # with a 17-character temporary suffix first: all within a unix socket's 107 bytes.
 _CONTROL_PATH_EXTRA = len("/cm-") + 40 + 17
@@ -83,7 +99,7 @@ class Lab:
         self.cluster_key = self.keys_dir / "cluster"  # every node's ssh identity
         self.operator_key = self.keys_dir / "operator"  # signs tasks
         self.bare_repo = self.dir / "git" / "cluster.git"
-        self.known_hosts = self.dir / "known_hosts"  # every lab host's key, for mpirun
+        self.wheel_dir = self.dir / "wheel"  # the picluster wheel machine nodes install
         self.operator_config = self.dir / "operator.conf"
         self.git_host = Host("git", namespace(self.prefix, "git"), GIT_IP, "git",
                              self.dir / "git")
@@ -103,14 +119,16 @@ class Lab:
             raise LabError(f"{self.state_file} is damaged ({error}); remove the lab with "
                            f"`picluster lab down --dir {self.dir}`") from None
 
-    def _node(self, index: int) -> Node:
-        return Node(name=f"pi-{index}", netns=namespace(self.prefix, f"n{index}"),
+    def _node(self, index: int, *, machine: bool = False) -> Node:
+        kind = MachineNode if machine else Node
+        return kind(name=f"pi-{index}", netns=namespace(self.prefix, f"n{index}"),
                     ip=node_ip(index), port=f"n{index}", dir=self.dir / "nodes" / f"pi-{index}",
                     mac=node_mac(self.prefix, index), index=index)
 
     @property
     def nodes(self) -> list[Node]:
-        return [self._node(index) for index in range(1, self.state().nodes + 1)]
+        state = self.state()
+        return [self._node(index, machine=state.machines) for index in range(1, state.nodes + 1)]
 
     def node(self, name: str) -> Node:
         """The node called `name` ('pi-3', or just '3')."""
@@ -131,7 +149,16 @@ class Lab:
         return {netns: sorted(self.procs.pids([netns])) for netns in self.net.namespaces()}
 
     def agent_pid(self, node: Node) -> int | None:
+        """The pid (on this machine) of the node's agent while it runs."""
+        if isinstance(node, MachineNode):
+            return machine_agent_pid(node)
         return self.procs.running(node, "agent")
+
+    def _image(self) -> Image:
+        image = self.state().image
+        if image is None:
+            raise LabError(f"the lab at {self.dir} has no machine nodes")
+        return Image(Path(image))
 
     # -- building -----------------------------------------------------------------------
 
@@ -180,14 +207,21 @@ class Lab:
                                f"{result.stderr.strip() or result.stdout.strip()}")
 
     def _boot(self, node: Node) -> None:
-        """Switch on the node's software: its first-boot command, run as on a Pi.  Lab
-        nodes have no systemd; --foreground makes sure `boot` never hands the node over to
-        this machine's, should it run one."""
+        """Switch on a namespace node's software: its first-boot command, run as on a Pi.
+        These nodes have no systemd; --foreground makes sure `boot` never hands the node
+        over to this machine's, should it run one."""
         self.procs.spawn(node, "agent", [*self.procs.enter(node, node.home), sys.executable,
                                          "-m", "picluster", "--config", str(node.config),
                                          "boot", "--foreground"])
 
     def _start_node(self, node: Node) -> None:
+        if isinstance(node, MachineNode):
+            # Power on: the cable, the disk, and the node's systemd; it boots by itself.
+            image = self._image()
+            self.net.set_port(node, up=True)
+            mount_disk(node, image)
+            self.procs.start_container(node, nspawn_argv(node, image))
+            return
         self._power_on(node)
         # The master logs in with the key that `boot` authorizes: until it has, nobody can.
         self._start_sshd(node, node.settings().authorized_keys)
@@ -214,15 +248,20 @@ class Lab:
 
     def _leftovers(self) -> list[str]:
         found = [name for name in _OWNED if (self.dir / name).exists()]
-        return found + self.net.namespaces()
+        mounts = [str(point) for point in mounts_under(self.dir)] if self.dir.is_dir() else []
+        return found + mounts + self.net.namespaces()
 
     def up(self, nodes: int, *, master_index: int | None = None, fast: bool = False,
-           git: str = "ssh", timeout: float = 180.0, report: Report = _quiet) -> Convergence:
-        """Build and boot a lab of `nodes` nodes; return once the cluster converged.
+           git: str = "ssh", machines: bool = False, timeout: float | None = None,
+           report: Report = _quiet) -> Convergence:
+        """Build and boot a lab of `nodes` nodes (machine nodes with `machines`); return once
+        the cluster is usable: every node registered, a master elected, and every node in
+        the master's MPI hostfile.  `timeout` defaults to 180 s (600 s for machine nodes,
+        which install picluster first) after the master's grace period.
 
         On an error the lab is left as it is, to be looked at; `down` removes it.
         """
-        problems = preflight()
+        problems = preflight(machines=machines)
         if problems:
             raise LabError("\n".join(problems), code=2)
         if not 1 <= nodes <= MAX_NODES:
@@ -231,8 +270,9 @@ class Lab:
             raise LabError(f"--master-index must be between 1 and {nodes}", code=2)
         if git not in GIT_MODES:
             raise LabError(f"--git must be one of {', '.join(GIT_MODES)}", code=2)
+        # A machine node's home is on its own disk; the others' is in the lab directory.
         longest = len(str(self._node(nodes).home / "ssh")) + _CONTROL_PATH_EXTRA
-        if longest > _SOCKET_PATH_MAX:
+        if not machines and longest > _SOCKET_PATH_MAX:
             raise LabError(f"the lab directory {self.dir} is too long: ssh's control sockets "
                            f"under it would exceed {_SOCKET_PATH_MAX} bytes; use a shorter "
                            "--dir", code=2)
@@ -241,20 +281,24 @@ class Lab:
             raise LabError(f"a lab already exists in {self.dir} ({', '.join(leftovers)}); "
                            f"remove it first with `picluster lab down --dir {self.dir}`")
 
+        wait = (_MACHINE_TIMEOUT if machines else _TIMEOUT) if timeout is None else timeout
         url = (f"ssh://root@{GIT_IP}{self.bare_repo}" if git == "ssh"
                else f"git://{GIT_IP}/{self.bare_repo.name}")
         self.dir.mkdir(parents=True, exist_ok=True)
-        state = LabState(nodes, master_index, fast, git, url)
+        image = None
+        if machines:
+            image = ensure_image(lambda step: report(step, 0, 0))
+        state = LabState(nodes, master_index, fast, git, url, machines,
+                         str(image.dir) if image else None)
         self._save(state)
         members = self.nodes
 
         report("generating keys", 0, 0)
         self._keygen(self.cluster_key, "picluster-lab-cluster")
         self._keygen(self.operator_key, "picluster-lab-operator")
-        for host in [self.git_host, *members]:
+        # A machine node makes its own host keys at first boot (cloud-init), as a Pi does.
+        for host in [self.git_host, *(node for node in members if not machines)]:
             self._keygen(host.host_key, f"root@{host.name}")
-        self.known_hosts.write_text("".join(self._known_host(host)
-                                            for host in [self.git_host, *members]))
         self.operator_config.write_text(
             f"# the operator's config (enqueue, status): picluster --config {self.operator_config}"
             f"\nrepo = {self.bare_repo}\nhome = {self.dir / 'operator'}\n"
@@ -271,17 +315,35 @@ class Lab:
         self._init_repo()
         self._serve_git(git)
 
+        if machines:
+            report("building picluster's wheel", 0, 0)
+            try:
+                wheel = build_wheel(self.wheel_dir)
+            except BootError as error:
+                raise LabError(str(error)) from None
+            wheelhouse = ensure_wheelhouse(wheel, lambda step: report(step, 0, 0))
+
         # The designated master boots first, as an operator would power it on first: a
         # designated master never takes `master` from a node that registered before it.
         ordered = sorted(members, key=lambda node: node.index != master_index)
         for count, node in enumerate(ordered, start=1):
             report("booting nodes", count, nodes)
             designated = node.index == master_index
-            self._prepare_node(node, url, master=designated, fast=fast)
+            if isinstance(node, MachineNode):
+                write_card(node, url, self.cluster_key, signer=Path(f"{self.operator_key}.pub"),
+                           master=designated, fast=fast, wheel=wheel, wheelhouse=wheelhouse,
+                           env=self.procs.env())
+            else:
+                self._prepare_node(node, url, master=designated, fast=fast)
             self._start_node(node)
             if designated:
-                self.converge(timeout, report, [node])
-        return self.converge(timeout, report)
+                self.converge(wait, report, [node], hostfile=False)
+        return self.converge(wait + self._grace() if timeout is None else wait, report)
+
+    def _grace(self) -> float:
+        """How long the master waits after it starts before its first render."""
+        return FAST_TIMINGS["master_grace"] if self.state().fast else \
+            float(DEFAULTS["master_grace"])  # type: ignore[arg-type]
 
     def _save(self, state: LabState) -> None:
         self.state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
@@ -289,62 +351,111 @@ class Lab:
     def add_node(self, boot_dir: Path, timeout: float = 180.0) -> Node:
         """Power on one more Pi whose boot partition is `boot_dir`, prepared as a real SD
         card is (`picluster prepare-boot`).  The lab copies it as the node's card and adds
-        its settings (render_lab_settings); returns once the lab converged with it."""
+        its settings (render_lab_settings; a machine node's card gets only the lab's quick
+        timings, if the lab has them); returns once the cluster is usable with it."""
         state = self.state()
         if state.nodes >= MAX_NODES:
             raise LabError(f"the lab has {MAX_NODES} nodes already", code=2)
-        node = self._node(state.nodes + 1)
+        node = self._node(state.nodes + 1, machine=state.machines)
         self._save(replace(state, nodes=node.index))
-        self._keygen(node.host_key, f"root@{node.name}")
-        with self.known_hosts.open("a") as known_hosts:
-            known_hosts.write(self._known_host(node))
         self.net.add_host(node, node.mac)
         shutil.copytree(boot_dir, node.boot_dir)
-        with node.config.open("a") as config:
-            config.write(render_lab_settings(node, fast=state.fast))
-        self._trust_git_host(node)
+        if isinstance(node, MachineNode):
+            if state.fast:
+                with node.config.open("a") as config:
+                    config.write("".join(f"{key} = {value:g}\n"
+                                         for key, value in FAST_TIMINGS.items()))
+        else:
+            self._keygen(node.host_key, f"root@{node.name}")
+            with node.config.open("a") as config:
+                config.write(render_lab_settings(node, fast=state.fast))
+            self._trust_git_host(node)
         self._start_node(node)
         self.converge(timeout)
         return node
 
     # -- watching -------------------------------------------------------------------------
 
-    def _convergence(self, snapshot: Snapshot, nodes: Sequence[Node]) -> Convergence:
+    def _hostfile(self, master: Node) -> set[str]:
+        """The hosts of the master's rendered MPI hostfile (none before its first render)."""
+        path = master.settings().hostfile
+        if isinstance(master, MachineNode):
+            path = master.on_host(path)
+        try:
+            return parse_hostfile(path.read_text())
+        except OSError:
+            return set()
+
+    def _convergence(self, snapshot: Snapshot, nodes: Sequence[Node], *,
+                     hostfile: bool = False) -> Convergence:
         registered = [node.name for node in nodes
                       if (snapshot.read(ip_path(node.mac)) or "").strip() == node.ip]
         master_mac = (snapshot.read(MASTER) or "").strip()
-        master = next((node.name for node in nodes if node.mac == master_mac), None)
-        return Convergence(tuple(registered),
-                           tuple(node.name for node in nodes if node.name not in registered),
-                           master)
+        master = next((node for node in self.nodes if node.mac == master_mac), None)
+        listed = self._hostfile(master) if hostfile and master is not None else set()
+        return Convergence(
+            tuple(registered), tuple(node.name for node in nodes if node.name not in registered),
+            master.name if master else None,
+            tuple(node.name for node in nodes if hostfile and node.ip not in listed))
+
+    def _logs(self, node: Node) -> str:
+        """Where to read what a node's agent (or a machine node's boot) said."""
+        if isinstance(node, MachineNode):
+            return f"`picluster lab exec {node.name} --dir {self.dir} -- journalctl -b`"
+        return str(node.agent_log)
+
+    def _check_booting(self, nodes: Sequence[Node], *, probe: bool) -> None:
+        """LabError when one of `nodes` will not join by itself: its agent (a netns node's)
+        or its container (a machine node's) stopped, or (with `probe`) its boot failed."""
+        broken = []
+        for node in nodes:
+            if isinstance(node, MachineNode):
+                if self.procs.running(node, "holder") is None:
+                    broken.append(f"the container of {node.name} stopped; the end of "
+                                  f"{node.log('holder')}:\n{tail(node.log('holder'))}")
+                elif probe and (trouble := problem(self.procs, node)):
+                    broken.append(f"{node.name}: {trouble}")
+            elif self.procs.running(node, "agent") is None:
+                broken.append(f"the agent of {node.name} stopped; the end of "
+                              f"{node.agent_log}:\n{tail(node.agent_log)}")
+        if broken:
+            raise LabError("not converged: " + "; ".join(broken))
 
     def converge(self, timeout: float = 180.0, report: Report = _quiet,
-                 nodes: Sequence[Node] | None = None) -> Convergence:
+                 nodes: Sequence[Node] | None = None, *, hostfile: bool = True) -> Convergence:
         """Wait until every node's (or every one of `nodes`') ip/<mac> is on the remote's
-        main and a master is elected."""
+        main, a master is elected and (with `hostfile`) the master's MPI hostfile lists
+        every node: until `lab mpirun` works."""
         nodes = self.nodes if nodes is None else nodes
         observer = self._observer()
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, probed = started + timeout, started
         while True:
-            state = self._convergence(observer.sync(), nodes)
-            report(f"registering (master: {state.master or 'not yet'})",
-                   len(state.registered), len(nodes))
+            state = self._convergence(observer.sync(), nodes, hostfile=hostfile)
+            if state.missing or state.master is None:
+                report(f"registering (master: {state.master or 'not yet'})",
+                       len(state.registered), len(nodes))
+            else:
+                report("waiting for the master's MPI hostfile",
+                       len(nodes) - len(state.unlisted), len(nodes))
             if state.converged:
                 return state
-            missing = [node for node in nodes if node.name in state.missing]
-            stopped = [node for node in missing if self.procs.running(node, "agent") is None]
-            if stopped:
-                raise LabError("not converged: the agent of " + ", ".join(
-                    f"{node.name} stopped; the end of {node.agent_log}:\n"
-                    f"{tail(node.agent_log)}" for node in stopped))
+            waiting = [node for node in nodes if node.name in state.missing]
+            # Asking a machine node how its boot goes costs a process in it: now and then.
+            probe = time.monotonic() - probed > 5
+            probed = time.monotonic() if probe else probed
+            self._check_booting(waiting, probe=probe)
             if time.monotonic() >= deadline:
-                problems = [f"{', '.join(n.name for n in missing)} did not register"] \
-                    if missing else []
+                problems = [f"{', '.join(n.name for n in waiting)} did not register"] \
+                    if waiting else []
                 if state.master is None:
                     problems.append("no master was elected")
-                logs = missing or nodes
+                elif state.unlisted and not waiting:
+                    problems.append(f"the master's MPI hostfile lacks "
+                                    f"{', '.join(state.unlisted)}")
+                logs = waiting or nodes
                 raise LabError(f"not converged after {timeout:.0f} s: {'; '.join(problems)}. "
-                               f"See {', '.join(str(node.agent_log) for node in logs)}")
+                               f"See {', '.join(self._logs(node) for node in logs)}")
             time.sleep(0.5)
 
     def _look(self) -> tuple[list[Node], Convergence, Node | None]:
@@ -358,32 +469,41 @@ class Lab:
 
     def status(self) -> list[NodeStatus]:
         nodes, state, master = self._look()
-        hosts: set[str] = set()
-        if master is not None:
-            with contextlib.suppress(FileNotFoundError):  # not rendered yet
-                hosts = parse_hostfile(master.settings().hostfile.read_text())
-        return [NodeStatus(
-            name=node.name, mac=node.mac, ip=node.ip,
-            role="master" if node is master else "node",
-            state="down" if self.procs.running(node, "holder") is None else "up",
-            registered=node.name in state.registered, in_hostfile=node.ip in hosts,
-            agent=self.procs.running(node, "agent") is not None,
-        ) for node in nodes]
+        hosts = self._hostfile(master) if master is not None else set()
+        statuses = []
+        for node in nodes:
+            up = self.procs.running(node, "holder") is not None
+            statuses.append(NodeStatus(
+                name=node.name, mac=node.mac, ip=node.ip,
+                role="master" if node is master else "node", state="up" if up else "down",
+                registered=node.name in state.registered, in_hostfile=node.ip in hosts,
+                agent=self.agent_pid(node) is not None,
+                problem=problem(self.procs, node) if up and isinstance(node, MachineNode)
+                else ""))
+        return statuses
 
     # -- operating ----------------------------------------------------------------------
 
+    def _command(self, node: Node, argv: Sequence[str],
+                 **options: Any) -> subprocess.CompletedProcess[Any]:
+        env = self.procs.machine_env() if isinstance(node, MachineNode) else self.procs.env()
+        return subprocess.run([*self.procs.enter(node), *argv], env=env, check=False,
+                              **options)
+
     def exec(self, name: str, argv: Sequence[str],
              **options: Any) -> subprocess.CompletedProcess[Any]:
-        """Run `argv` on node `name` (in the caller's directory); `options` go to
-        subprocess.run (e.g. capture_output=True)."""
-        node = self.node(name)
-        return subprocess.run([*self.procs.enter(node), *argv], env=self.procs.env(),
-                              check=False, **options)
+        """Run `argv` on node `name` (in the caller's directory; in a machine node, at its
+        /, with its own environment); `options` go to subprocess.run (capture_output=...)."""
+        return self._command(self.node(name), argv, **options)
 
     def kill(self, name: str) -> Node:
         """Pull the node's power: its cable goes dark and every process of it dies at once."""
         node = self.unplug(name)
+        if isinstance(node, MachineNode):
+            self.procs.power_cut(node)
         self.procs.stop([node.netns])
+        if isinstance(node, MachineNode):
+            unmount_all(node.dir)  # the disk stays, as an SD card does
         return node
 
     def unplug(self, name: str) -> Node:
@@ -406,30 +526,30 @@ class Lab:
         self._start_node(node)
         return node
 
-    def mpirun(self, args: Sequence[str], **options: Any) -> subprocess.CompletedProcess[Any]:
-        """Run mpirun from the master node over the master's rendered hostfile."""
-        master = self._look()[2]
-        if master is None:
-            raise LabError("the cluster has no master yet; see `picluster lab status`")
-        settings = master.settings()
-        hostfile = settings.hostfile
-        if not hostfile.exists():
-            raise LabError(f"the master {master.name} has not rendered its MPI hostfile "
-                           f"({hostfile}) yet; see {master.agent_log}")
-        env = {**self.procs.env(), "OMPI_ALLOW_RUN_AS_ROOT": "1",
-               "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-               "OMPI_MCA_plm_rsh_agent": settings.ssh_command(known_hosts=self.known_hosts)}
-        argv = ["mpirun", "--hostfile", str(hostfile), "--mca", "btl_tcp_if_include", "eth0",
-                "--mca", "oob_tcp_if_include", "eth0", *args]
-        return subprocess.run([*self.procs.enter(master), *argv], env=env, check=False,
-                              **options)
+    def mpirun(self, args: Sequence[str], node: str | None = None,
+               **options: Any) -> subprocess.CompletedProcess[Any]:
+        """Run `picluster mpirun ARGS` on the master (or on node `node`), as an operator
+        logged in there would."""
+        if node is None:
+            target = self._look()[2]
+            if target is None:
+                raise LabError("the cluster has no master yet; see `picluster lab status`")
+        else:
+            target = self.node(node)
+        command = ["picluster"] if isinstance(target, MachineNode) else \
+            [sys.executable, "-m", "picluster", "--config", str(target.config)]
+        return self._command(target, [*command, "mpirun", "--", *args], **options)
 
     def down(self) -> list[str]:
-        """Remove the lab, whatever state it is in: stop its processes, delete its
-        namespaces and files.  Returns the namespaces it deleted."""
+        """Remove the lab, whatever state it is in: shut its machine nodes down, stop its
+        processes, unmount their disks, delete its namespaces and files.  Returns the
+        namespaces it deleted."""
         namespaces = self.net.namespaces()
         pid_files = sorted(self.dir.rglob("*.pid")) if self.dir.is_dir() else []
+        self.procs.shut_down(pid_files, grace=20.0)
         self.procs.stop(namespaces, pid_files, grace=3.0)
+        if self.dir.is_dir():
+            unmount_all(self.dir)  # before any file goes: never delete through a mount
         self.net.remove(namespaces)
         for name in _OWNED:
             path = self.dir / name

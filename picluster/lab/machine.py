@@ -9,7 +9,7 @@ from pathlib import Path
 
 from picluster.lab.errors import LabError
 
-__all__ = ["REQUIRED", "preflight", "require_root", "search_path"]
+__all__ = ["MACHINE_REQUIRED", "REQUIRED", "preflight", "require_root", "search_path"]
 
 # Every executable the lab runs, and the Debian package that has it.
 REQUIRED = {
@@ -23,6 +23,13 @@ REQUIRED = {
     "mpirun": "openmpi-bin",
     "gmond": "ganglia-monitor",
     "gmetad": "gmetad",
+}
+
+# What machine nodes need besides (picluster lab up --machines).
+MACHINE_REQUIRED = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "dpkg-scanpackages": "dpkg-dev",
 }
 
 # sshd and ip live in sbin, which a non-login root shell may not have on its PATH.
@@ -45,11 +52,13 @@ def require_root() -> None:
         raise LabError(_NOT_ROOT, code=2)
 
 
-def preflight() -> list[str]:
-    """What stops a lab from starting here, as sentences that say how to fix it."""
+def preflight(*, machines: bool = False) -> list[str]:
+    """What stops a lab (of machine nodes, with `machines`) from starting here, as
+    sentences that say how to fix it."""
     problems = [] if os.geteuid() == 0 else [_NOT_ROOT]
     path = search_path()
-    missing = sorted({package for exe, package in REQUIRED.items()
+    required = {**REQUIRED, **(MACHINE_REQUIRED if machines else {})}
+    missing = sorted({package for exe, package in required.items()
                       if not shutil.which(exe, path=path)})
     if missing:
         problems.append("missing packages; install them with:\n"

@@ -6,6 +6,9 @@ with a UTS namespace of its own, inside the host's network namespace.  Everythin
 host runs enters the holder's namespaces with nsenter: its processes see their node's
 hostname, eth0 and /sys, exactly as on a Pi.
 
+A machine node has no holder of its own making: its holder is systemd-nspawn, whose child
+(the node's systemd, PID 1 inside) holds all the node's namespaces, and is entered whole.
+
 Every process the lab starts carries ``PICLUSTER_LAB=<prefix>`` in its environment, so a
 stale pid file can never make `down` signal an unrelated process that reused the pid.
 """
@@ -24,10 +27,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from picluster.lab.errors import LabError, run
-from picluster.lab.hosts import Host
+from picluster.lab.hosts import Host, MachineNode
 from picluster.lab.machine import search_path
 
-__all__ = ["Processes", "alive", "tail"]
+__all__ = ["Processes", "alive", "container_init", "tail"]
 
 _MARKER = "PICLUSTER_LAB"
 # The directory that holds the picluster package: every host imports this very copy.
@@ -80,6 +83,19 @@ def _reap(pids: Iterable[int]) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def container_init(nspawn: int) -> int | None:
+    """The container's PID 1 (systemd), once systemd-nspawn has started it."""
+    return next((child for child in _children(nspawn) if _comm(child) == "systemd"), None)
+
+
 def _in_netns(pid: int, netns: str) -> bool:
     try:
         mine, theirs = os.stat(f"/proc/{pid}/ns/net"), os.stat(f"/run/netns/{netns}")
@@ -115,16 +131,30 @@ class Processes:
         return pid if pid is not None and alive(pid) and self.is_ours(pid) else None
 
     def holder(self, host: Host) -> int:
+        """The process whose namespaces are the host's: its holder, or a machine node's
+        systemd."""
         pid = self.running(host, "holder")
+        if pid is not None and isinstance(host, MachineNode):
+            pid = container_init(pid)
         if pid is None or not _in_netns(pid, host.netns):
             raise LabError(f"{host.name} is down; power it on with `picluster lab revive "
                            f"{host.name} --dir {self.dir}`")
         return pid
 
     def enter(self, host: Host, cwd: Path | None = None) -> list[str]:
-        """The command prefix that runs a command on `host`, as the host itself would."""
+        """The command prefix that runs a command on `host`, as the host itself would: in
+        a machine node, in all its namespaces (at its /)."""
+        if isinstance(host, MachineNode):
+            return ["nsenter", f"--target={self.holder(host)}", "--all", "--"]
         return ["nsenter", f"--target={self.holder(host)}", "--uts", "--net", "--mount",
                 f"--wd={cwd or os.getcwd()}", "--"]
+
+    def machine_env(self) -> dict[str, str]:
+        """The environment of a command run in a machine node: the node's own, as a login
+        gives it; none of this machine's (its PYTHONPATH, say), but the lab's marker."""
+        return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": "/root", "LANG": "C.UTF-8", "TERM": os.environ.get("TERM", "dumb"),
+                _MARKER: self.prefix}
 
     def spawn(self, host: Host, process: str, argv: Sequence[str],
               ready: Callable[[int], bool] | None = None, timeout: float = 10.0) -> None:
@@ -157,6 +187,41 @@ class Processes:
             'hostname "$1" && shift && for rc do mount --bind /dev/null "$rc" || exit 1; done'
             " && exec sleep infinity", "holder", host.name, *hidden],
             ready=lambda pid: _comm(pid) == "sleep")
+
+    def start_container(self, host: Host, argv: Sequence[str], timeout: float = 60.0) -> None:
+        """Start a machine node's systemd-nspawn as its holder; return once the node's
+        systemd runs (its boot goes on)."""
+        self.spawn(host, "holder", argv, ready=lambda pid: container_init(pid) is not None,
+                   timeout=timeout)
+
+    def power_cut(self, host: Host) -> None:
+        """A machine node loses power: its PID 1 dies, and with it every process of its
+        PID namespace (SIGKILL to systemd-nspawn alone would leave them running)."""
+        nspawn = self.running(host, "holder")
+        if nspawn is None:
+            return
+        for pid in filter(None, (container_init(nspawn), nspawn)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(nspawn) and time.monotonic() < deadline:
+            _reap([nspawn])
+            time.sleep(0.05)
+
+    def shut_down(self, pid_files: Iterable[Path], grace: float) -> None:
+        """Shut the machine nodes among `pid_files` down in order (SIGTERM to their
+        systemd-nspawn: the node's systemd halts it), waiting up to `grace` seconds; what
+        still runs then is left to `stop`."""
+        pids = [pid for pid in map(_read_pid, pid_files)
+                if pid is not None and alive(pid) and self.is_ours(pid)
+                and _comm(pid) == "systemd-nspawn"]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while (living := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+            _reap(living)
+            time.sleep(0.1)
 
     def listening(self, host: Host, port: int) -> bool:
         """Whether something on `host` listens on its IP and `port`.  Read from the host's

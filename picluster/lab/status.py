@@ -19,6 +19,8 @@ class LabState:
     fast: bool
     git: str
     repo: str  # the URL nodes clone the cluster repository from
+    machines: bool = False  # machine nodes (systemd-nspawn), not namespaces of this machine
+    image: str | None = None  # the image machine nodes boot (picluster.lab.image)
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,11 @@ class Convergence:
     registered: tuple[str, ...]
     missing: tuple[str, ...]
     master: str | None  # the master's node name; None before the election
+    unlisted: tuple[str, ...] = ()  # not in the master's MPI hostfile yet, when asked
 
     @property
     def converged(self) -> bool:
-        return not self.missing and self.master is not None
+        return not self.missing and self.master is not None and not self.unlisted
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class NodeStatus:
     registered: bool  # ip/<mac> holds the node's IP on the remote's main
     in_hostfile: bool  # the master's rendered MPI hostfile lists the node
     agent: bool  # the node's agent process is running
+    problem: str = ""  # what keeps a machine node from being healthy, in one line
 
 
 def status_json(nodes: Iterable[NodeStatus]) -> dict[str, list[dict[str, Any]]]:

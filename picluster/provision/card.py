@@ -3,9 +3,10 @@
 `prepare_boot` runs on the operator's machine and writes into a mounted boot partition
 (FAT, which any computer can write): the boot config, the cluster key, the operator's
 public key as the node's trust anchor (with --signer), the empty `ssh` file that enables
-sshd on Raspberry Pi OS, and the first-boot hooks.  Both hooks run
-picluster-firstboot.sh, which pip-installs picluster into /opt/picluster and runs
-`picluster boot` (picluster.provision.firstboot):
+sshd on Raspberry Pi OS, the wheel of the picluster that runs it (with its sha256, and for
+a Pi without the internet its dependencies' wheels too), and the first-boot hooks.  Both
+hooks run picluster-firstboot.sh, which checks the wheel, installs it into /opt/picluster
+and runs `picluster boot` (picluster.provision.firstboot):
 
 *   images with cloud-init run the `runcmd` that `user-data` (#cloud-config) gains;
 *   images without cloud-init run picluster-firstrun.sh through ``systemd.run=`` on
@@ -19,8 +20,10 @@ The card is written all or nothing.  Nothing here loads the agent's dependencies
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,16 @@ import yaml
 
 from picluster.files import install_file
 from picluster.provision.common import BootError, package_text, public_key
+from picluster.provision.wheels import (
+    DEFAULT_ARCH,
+    DEFAULT_PYTHON,
+    SUMS,
+    WHEELS_DIR,
+    build_wheel,
+    download_wheels,
+    is_picluster_wheel,
+    sums_text,
+)
 from picluster.settings import ConfigError, Settings
 from picluster.signing import SignatureError, signer_line
 
@@ -35,7 +48,6 @@ __all__ = [
     "ANCHOR_NAME",
     "CONFIG_NAME",
     "DEFAULT_MOUNT",
-    "DEFAULT_PACKAGE",
     "FIRSTBOOT",
     "FIRSTRUN",
     "KEY_NAME",
@@ -56,7 +68,6 @@ FIRSTRUN = "picluster-firstrun.sh"
 # Where the node mounts its boot partition: Raspberry Pi OS Bookworm and later, Ubuntu.
 # Bullseye and older mount it at /boot.
 DEFAULT_MOUNT = "/boot/firmware"
-DEFAULT_PACKAGE = "picluster"
 # Every Raspberry Pi boot partition has these, whatever the model and release.
 _BOOT_MARKERS = ("config.txt", "cmdline.txt")
 # NoCloud's seed: an image that reads user-data has (or is given) meta-data beside it.
@@ -74,8 +85,10 @@ class Prepared:
     """What prepare_boot wrote: the CLI reports it."""
 
     boot_dir: Path
-    written: tuple[str, ...]  # names of the files this run wrote, in the boot partition
+    written: tuple[str, ...]  # the files this run wrote, relative to the boot partition
     hooks: tuple[str, ...]  # "cloud-init", and "firstrun" on images without cloud-init
+    wheel: str | None  # the picluster wheel on the card (None: --package)
+    dependencies: int  # how many dependency wheels the card carries (0: from the index)
 
 
 def boot_config(repo: str, *, master: bool, hostname: str | None,
@@ -155,6 +168,7 @@ def _cmdline_with_firstrun(text: str, mount: str) -> str:
 def _write_all(files: dict[Path, tuple[bytes | str, int]]) -> None:
     """Write every file or, on an error, put back what was there before."""
     before = {path: path.read_bytes() if path.is_file() else None for path in files}
+    new_dirs = {path.parent for path in files if not path.parent.exists()}
     done: list[Path] = []
     try:
         for path, (data, mode) in files.items():
@@ -170,16 +184,50 @@ def _write_all(files: dict[Path, tuple[bytes | str, int]]) -> None:
                     install_file(written, old, mode=files[written][1])
             except OSError:
                 log.warning("could not restore %s", written)
+        for directory in new_dirs:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise BootError(f"{error.filename or path}: cannot write it ({error.strerror}); "
                         "nothing was changed", code=1) from None
 
 
+def _wheels(scratch: Path, *, wheel: Path | None, wheelhouse: Path | None, offline: bool,
+            arch: str, python_version: str) -> list[Path]:
+    """The wheels for the card: picluster's first (`wheel`, else built from the running
+    source), then its dependencies' when the card is to carry them."""
+    if wheel is None:
+        wheel = build_wheel(scratch)
+    elif not (wheel.is_file() and is_picluster_wheel(wheel)):
+        raise BootError(f"--wheel {wheel}: not a picluster wheel (a picluster-*.whl file)")
+    if offline:
+        return [wheel, *download_wheels(wheel, scratch / "dependencies", arch=arch,
+                                        python_version=python_version)]
+    if wheelhouse is None:
+        return [wheel]
+    dependencies = sorted(path for path in wheelhouse.glob("*.whl")
+                          if not is_picluster_wheel(path))
+    if not dependencies:
+        raise BootError(f"--wheelhouse {wheelhouse}: no wheels in it; fill it once with "
+                        "`picluster prepare-boot --offline`'s download, or `pip download "
+                        "--only-binary=:all: --platform ... -d DIR picluster-*.whl`")
+    return [wheel, *dependencies]
+
+
 def prepare_boot(boot_dir: Path, *, repo: str, key: Path, master: bool = False,
                  hostname: str | None = None, force: bool = False,
-                 mount: str = DEFAULT_MOUNT, package: str = DEFAULT_PACKAGE,
-                 signer: Path | None = None, signer_name: str = "operator") -> Prepared:
+                 mount: str = DEFAULT_MOUNT, package: str | None = None,
+                 wheel: Path | None = None, wheelhouse: Path | None = None,
+                 offline: bool = False, arch: str = DEFAULT_ARCH,
+                 python_version: str = DEFAULT_PYTHON, signer: Path | None = None,
+                 signer_name: str = "operator") -> Prepared:
     """Make the mounted boot partition `boot_dir` boot a node of the cluster at `repo`;
-    with `signer` (a public key file), one that trusts `signer_name`'s key from the start."""
+    with `signer` (a public key file), one that trusts `signer_name`'s key from the start.
+
+    The card gets picluster's `wheel` (default: built from the running source) and, with
+    `offline` (downloaded for `arch` and `python_version`) or `wheelhouse` (copied from
+    there), its dependencies' wheels.  Only `package` (a requirement, e.g. picluster==1.0)
+    makes the node install from the package index by name instead.
+    """
     if not boot_dir.is_dir():
         raise BootError(f"{boot_dir}: no such directory; give the mount point of the SD "
                         "card's boot partition")
@@ -194,6 +242,14 @@ def prepare_boot(boot_dir: Path, *, repo: str, key: Path, master: bool = False,
     if not mount.startswith("/"):
         raise BootError(f"--mount {mount}: give the absolute path where the node mounts its "
                         "boot partition, e.g. /boot/firmware")
+    if package is not None and (wheel or wheelhouse or offline):
+        raise BootError("--package installs picluster from the package index by name; it "
+                        "cannot be combined with --wheel, --wheelhouse or --offline")
+    if wheelhouse is not None and offline:
+        raise BootError("--offline downloads the dependencies' wheels; --wheelhouse gives "
+                        "them: choose one")
+    if wheelhouse is not None and not wheelhouse.is_dir():
+        raise BootError(f"--wheelhouse {wheelhouse}: no such directory")
     try:
         private = key.read_bytes()
     except OSError as error:
@@ -216,12 +272,25 @@ def prepare_boot(boot_dir: Path, *, repo: str, key: Path, master: bool = False,
         path = boot_dir / name
         return path.read_text(errors="replace") if path.is_file() else None
 
-    files: dict[Path, tuple[bytes | str, int]] = {
+    with tempfile.TemporaryDirectory(prefix="picluster-card-") as scratch:
+        wheels = [] if package is not None else _wheels(
+            Path(scratch), wheel=wheel, wheelhouse=wheelhouse, offline=offline, arch=arch,
+            python_version=python_version)
+        on_card = boot_dir / WHEELS_DIR
+        files: dict[Path, tuple[bytes | str, int]] = {
+            on_card / path.name: (path.read_bytes(), 0o644) for path in wheels}
+        if wheels:
+            files[on_card / SUMS] = (sums_text(wheels), 0o644)
+    script = package_text(FIRSTBOOT)
+    for name, value in (("WHEEL", wheels[0].name if wheels else ""),
+                        ("OFFLINE", "yes" if len(wheels) > 1 else ""),
+                        ("PACKAGE", package or "")):
+        script = script.replace(f"@{name}@", shlex.quote(value))
+    files |= {
         config: (text, 0o644),
         boot_dir / KEY_NAME: (private, 0o600),
         boot_dir / f"{KEY_NAME}.pub": (public_key(private, key), 0o644),
-        boot_dir / FIRSTBOOT: (
-            package_text(FIRSTBOOT).replace("@PACKAGE@", shlex.quote(package)), 0o755),
+        boot_dir / FIRSTBOOT: (script, 0o755),
         boot_dir / "user-data": (_user_data(existing("user-data"), force), 0o644),
     }
     if anchor is not None:
@@ -235,4 +304,8 @@ def prepare_boot(boot_dir: Path, *, repo: str, key: Path, master: bool = False,
     if not (boot_dir / "ssh").exists():
         files[boot_dir / "ssh"] = ("", 0o644)
     _write_all(files)
-    return Prepared(boot_dir, tuple(path.name for path in files), tuple(hooks))
+    # Wheels of an earlier prepare-boot would fail first boot's check: they go.
+    for stale in set((boot_dir / WHEELS_DIR).glob("*")) - set(files):
+        stale.unlink()
+    return Prepared(boot_dir, tuple(str(path.relative_to(boot_dir)) for path in files),
+                    tuple(hooks), wheels[0].name if wheels else None, len(wheels[1:]))

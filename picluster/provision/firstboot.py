@@ -31,8 +31,10 @@ from picluster.settings import Settings, config_path
 from picluster.trust import Trust, TrustError
 
 __all__ = [
+    "IMAGE_HOSTNAMES",
     "UNIT",
     "boot",
+    "default_hostname",
     "hosts_text",
     "install_keys",
     "install_service",
@@ -45,6 +47,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 UNIT = "picluster.service"
+# The names images give every machine they boot: a node never keeps one of these.
+IMAGE_HOSTNAMES = frozenset({"raspberrypi", "localhost", "debian", "ubuntu"})
 _IDENTITY_NAMES = {"ssh-ed25519": "id_ed25519", "ssh-rsa": "id_rsa",
                    "ecdsa-sha2-nistp256": "id_ecdsa", "ecdsa-sha2-nistp384": "id_ecdsa",
                    "ecdsa-sha2-nistp521": "id_ecdsa"}
@@ -124,11 +128,32 @@ def hosts_text(text: str, hostname: str) -> str:
     return "\n".join([*lines, f"127.0.1.1\t{hostname}"]) + "\n"
 
 
+def default_hostname(mac: str) -> str:
+    """The name of a node whose card names none: `pi-` and the last six hex digits of its
+    MAC, unique in any cluster of Pis (they share the first six)."""
+    return f"pi-{mac[-6:]}"
+
+
+def _wanted_hostname(settings: Settings, current: str) -> str | None:
+    """The configured `hostname`; without one, default_hostname while the node still has
+    its image's shared name (which would make every Pi one host to Ganglia and MPI)."""
+    if settings.hostname is not None:
+        return settings.hostname
+    if current not in IMAGE_HOSTNAMES:
+        return None  # named by its owner (Raspberry Pi Imager, say): theirs to keep
+    try:
+        return default_hostname(identify(settings).mac)
+    except IdentityError as error:
+        log.warning("the hostname stays %s: %s", current, error)
+        return None
+
+
 def set_hostname(settings: Settings) -> bool:
-    """Give the node the configured `hostname`, if it has another.  Only under systemd (a
-    real Pi): elsewhere the hostname belongs to whatever runs the node (the lab's UTS
-    namespace, a container), and boot leaves it alone."""
-    wanted, current = settings.hostname, socket.gethostname()
+    """Give the node the configured `hostname` (or default_hostname), if it has another.
+    Only under systemd (a real Pi): elsewhere the hostname belongs to whatever runs the node
+    (the lab's UTS namespace, a container), and boot leaves it alone."""
+    current = socket.gethostname()
+    wanted = _wanted_hostname(settings, current)
     if wanted is None or wanted == current:
         return False
     if not systemd_running():
@@ -152,6 +177,9 @@ def join(settings: Settings, *, timeout: float | None = None) -> Registration:
     there yet; BootError once `timeout` seconds (None: never) have passed.  A node that
     trusts no signer yet trusts those of its first clone."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    # ssh keeps the git server's host key and its control sockets there: without the
+    # directory, git over ssh fails ("Could not read from remote repository").
+    settings.ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def attempt() -> Registration:
         node = identify(settings)
