@@ -15,7 +15,7 @@ from rich.text import Text
 
 from picluster import layout
 from picluster.ganglia import config_problems
-from picluster.gitstore import ClusterRepo, GitError, Snapshot, init_bare
+from picluster.gitstore import ClusterRepo, GitError, Put, Snapshot, init_bare
 from picluster.identity import IdentityError, identify, writer_name
 from picluster.node import catalogue, reported_facts
 from picluster.provision import DEFAULT_MOUNT, BootError, boot, prepare_boot
@@ -243,30 +243,32 @@ def trust_command(
         fail("give either PUBKEY (to add a key) or --sign (to sign the file as it is)",
              EXIT_USAGE)
     if pubkey is None:
+        def change(tip: Snapshot) -> list[Put]:
+            return trust.endorse(tip, key)
+
+        message = f"sign {layout.ALLOWED_SIGNERS} as it is"
+        subject, state = layout.ALLOWED_SIGNERS, f"signed as it is, with {key}"
+    else:
+        text = Path(pubkey).read_text() if Path(pubkey).is_file() else pubkey
         try:
-            result = open_repo(ctx).transact(lambda tip: trust.endorse(tip, key),
-                                             f"sign {layout.ALLOWED_SIGNERS} as it is")
-        except (SignatureError, TrustError) as error:
-            fail(str(error), EXIT_USAGE)
-        except GitError as error:
-            fail(str(error))
-        out.print(f"{layout.ALLOWED_SIGNERS} {'is now' if result.commit else 'was already'} "
-                  f"signed as it is, with {key}", highlight=False)
-        return
-    text = Path(pubkey).read_text() if Path(pubkey).is_file() else pubkey
+            line = signer_line(text.strip(), name, admin=admin)
+        except SignatureError as error:
+            fail(f"{pubkey}: {error}", EXIT_USAGE)
+
+        def change(tip: Snapshot) -> list[Put]:
+            return trust.add(tip, line, key)
+
+        message = f"trust {'admin' if admin else 'task'} signer {name}"
+        subject = name
+        state = "a trusted task signer" + (", and may change allowed_signers" if admin else "")
     try:
-        line = signer_line(text.strip(), name, admin=admin)
-    except SignatureError as error:
-        fail(f"{pubkey}: {error}", EXIT_USAGE)
-    try:
-        result = open_repo(ctx).transact(lambda tip: trust.add(tip, line, key),
-                                         f"trust {'admin' if admin else 'task'} signer {name}")
+        result = open_repo(ctx).transact(change, message)
     except (SignatureError, TrustError) as error:
         fail(str(error), EXIT_USAGE)
     except GitError as error:
         fail(str(error))
-    out.print(f"{name} {'is now' if result.commit else 'was already'} a trusted task signer"
-              + (", and may change allowed_signers" if admin else ""))
+    out.print(f"{subject} {'is now' if result.commit else 'was already'} {state}",
+              highlight=False)
 
 
 def _registrations(conf: Settings, snapshot: Snapshot) -> tuple[Membership, list[str]]:
