@@ -1,6 +1,7 @@
 """The master's jobs, as the agent runs them while its node holds `master`: `render` at
-every poll, `reach` and `ping` every `ping_interval`.  They share one `MasterState`, and
-write through one repository guarded so that only the holder of `master` writes
+every poll, `reach` and `ping` every `ping_interval`, each followed by the health record
+(picluster.master.record).  They share one `MasterState`, and write through one
+repository guarded so that only the holder of `master` writes
 (picluster.succession.as_master): a master that lost the role writes nothing, and its
 jobs end quietly until the agent stops scheduling them."""
 
@@ -15,6 +16,7 @@ from picluster.gitstore import ClusterRepo
 from picluster.identity import NodeIdentity
 from picluster.master.health import Health, PingReport
 from picluster.master.members import Members
+from picluster.master.record import HealthRecord
 from picluster.master.state import MasterState
 from picluster.master.views import Views
 from picluster.settings import Settings
@@ -38,16 +40,21 @@ class Master:
         self.members = Members(settings)
         self.views = Views(settings, self.repo, node, daemons, state, self.members)
         self.health = Health(settings, self.repo, node, state, self.views, self.members)
+        self.record = HealthRecord(self.repo, node, state)
 
     def render(self) -> None:
         """Make every view match the registry as last synced (`Views.render`)."""
         _as_master(self.views.render, None)
 
     def reach(self) -> PingReport:
-        return _as_master(self.health.reach, PingReport())
+        return _as_master(lambda: self._recorded(self.health.reach()), PingReport())
 
     def ping(self) -> PingReport:
-        return _as_master(self.health.ping, PingReport())
+        return _as_master(lambda: self._recorded(self.health.ping()), PingReport())
+
+    def _recorded(self, report: PingReport) -> PingReport:
+        self.record.after(report)
+        return report
 
 
 def _as_master(job: Callable[[], T], otherwise: T) -> T:
