@@ -494,5 +494,9 @@ def test_a_master_cut_off_and_back_leaves_one_master_at_every_commit(fresh_lab: 
     assert master_of(lab).name == new.name
     takeovers = check_history(lab)
     assert [(author, before) for _, author, before in takeovers] == [(new.mac, old.mac)]
-    # Its agent lives on (no restart) and runs no master job any more.
+    # Its agent lived on (no restart) and became a worker.
     assert status_of(lab, old.name).agent
+    log = lab.node(old.name).agent_log.read_text()
+    print("".join(line for line in log.splitlines(keepends=True)
+                  if "master" in line or "role" in line)[-3000:])
+    assert "role: node" in log
