@@ -84,17 +84,22 @@ class _Seen:
 class Watch:
     """Beacons as this node saw them move, counted on its own clock.  A check counts only
     half an interval or more after the last one that did, so checks that run back to back
-    (a job catching up) never count for more than one."""
+    (a job catching up) never count for more than one; after a gap of more than two
+    intervals without checks (this node was not watching), counting starts afresh."""
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = interval
         self._clock = clock
         self._seen: dict[str, _Seen] = {}
+        self._last: float | None = None  # the clock at the last check
 
     def observe(self, beacons: Mapping[str, str], macs: Iterable[str]) -> None:
         """One check of the nodes `macs`; nodes not among them are forgotten.  A node
         first seen now starts from no miss, beacon or not."""
         now = self._clock()
+        if self._last is not None and now - self._last > 2 * self._interval:
+            self._seen.clear()
+        self._last = now
         seen = {}
         for mac in macs:
             value, last = beacons.get(mac), self._seen.get(mac)

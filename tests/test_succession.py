@@ -106,6 +106,17 @@ def test_checks_back_to_back_count_once(watch: Watch, clock: Clock) -> None:
     assert watch.missed(M) == 5
 
 
+def test_after_a_gap_in_its_own_checks_a_node_counts_afresh(watch: Watch, clock: Clock) -> None:
+    # Its watch did not run (it was master, or stalled): old counts say nothing of now.
+    watch.observe({M: "x"}, [M])
+    clock.tick()
+    watch.observe({M: "x"}, [M])
+    assert watch.missed(M) == 1
+    clock.tick(25.0)
+    watch.observe({M: "x"}, [M])
+    assert watch.missed(M) == 0
+
+
 def test_a_node_without_a_beacon_misses_from_first_sight(watch: Watch, clock: Clock) -> None:
     for _ in range(3):
         watch.observe({}, [M])
