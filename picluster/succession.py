@@ -137,10 +137,12 @@ class Takeover:
 
 def decide(membership: Membership, me: str, watch: Watch, prune_after: int) -> Takeover | None:
     """Whether `me` takes `master` over now: the master missed `prune_after` checks, so
-    did every node before `me` in the order of succession, and `me` is registered."""
+    did every node before `me` in the order of succession, and `me` is registered.  A
+    node that does not see its own beacon move (its beats fail, or the server refuses
+    them) judges nobody: still beacons say nothing then."""
     master = membership.master
     if (master is None or master == me or membership.get(me) is None
-            or watch.missed(master) < prune_after):
+            or watch.missed(me) or watch.missed(master) < prune_after):
         return None
     ahead = [mac for mac in successors(membership) if mac < me]
     if any(watch.missed(mac) < prune_after for mac in ahead):

@@ -18,10 +18,9 @@ from picluster.gitstore import ClusterRepo, Put, Snapshot
 from picluster.identity import NodeIdentity
 from picluster.lab import Lab
 from picluster.lab.status import parse_hostfile
-from picluster.master import Master
+from picluster.master import Master, Succession
 from picluster.master import health as health_module
 from picluster.master.members import Members
-from picluster.master.takeover import Succession
 from picluster.node import Agent
 from picluster.registry import Member, Membership, read_master, register
 from picluster.settings import Settings
@@ -161,6 +160,15 @@ def test_when_the_successor_is_dead_too_the_next_one_takes_over(watch: Watch,
     assert decide(membership(), C, watch, 2) is None
     # A node that is not registered is nobody's successor.
     assert decide(membership(macs=(M, A, C)), B, watch, 2) is None
+
+
+def test_a_node_that_does_not_see_its_own_beacon_move_judges_nobody(
+        watch: Watch, clock: Clock) -> None:
+    # Say the server refuses every beacon: all of them stand still, the master's too.
+    beacons = Beacons(watch, clock)
+    for _ in range(4):
+        beacons.check()
+    assert all(decide(membership(), me, watch, 2) is None for me in (A, B, C))
 
 
 def test_no_master_no_takeover(watch: Watch, clock: Clock) -> None:

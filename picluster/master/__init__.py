@@ -11,5 +11,6 @@ agent runs these jobs while it is master (`takeover`'s while it is not).
 
 from picluster.master.health import PingReport
 from picluster.master.jobs import Master
+from picluster.master.takeover import Succession
 
-__all__ = ["Master", "PingReport"]
+__all__ = ["Master", "PingReport", "Succession"]

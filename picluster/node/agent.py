@@ -34,8 +34,7 @@ from huey import SqliteHuey
 from picluster.ganglia import Daemons
 from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import NodeIdentity, identify
-from picluster.master import Master
-from picluster.master.takeover import Succession
+from picluster.master import Master, Succession
 from picluster.node.facts import reported_facts
 from picluster.node.intake import Intake
 from picluster.node.ledger import Ledger, Storage
