@@ -69,7 +69,10 @@ def run(nodes: int, kills: int) -> dict[str, object]:
                 "ratio_to_bound": ratios, "median_ratio": statistics.median(ratios),
                 "max_ratio": max(ratios), "all_within_bound": all(t <= bound for t in takeovers)}
     finally:
-        lab.down()
+        try:
+            lab.down()
+        except FileNotFoundError:  # it walked the git server's objects/ mid-push: again
+            lab.down()
 
 
 def main() -> None:
