@@ -16,6 +16,7 @@ from rich.text import Text
 from picluster import layout
 from picluster.ganglia import config_problems
 from picluster.gitstore import ClusterRepo, GitError, Put, Snapshot, init_bare
+from picluster.healthfile import read_health, status_fields
 from picluster.identity import IdentityError, identify, writer_name
 from picluster.node import catalogue, reported_facts
 from picluster.provision import DEFAULT_MOUNT, BootError, boot, prepare_boot
@@ -30,6 +31,7 @@ from picluster.registry import (
 )
 from picluster.settings import ConfigError, Settings
 from picluster.signing import SignatureError, public_key_of, signer_line
+from picluster.succession import successors
 from picluster.tasks import TaskError
 from picluster.trust import Trust, TrustError
 from picluster.version import __version__
@@ -288,7 +290,8 @@ def _registrations(conf: Settings, snapshot: Snapshot) -> tuple[Membership, list
 
 @app.command("status")
 def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """The cluster as the repository sees it: nodes, roles, pending tasks.
+    """The cluster as the repository sees it: nodes, roles, pending tasks, and when the
+    master last saw each node (by the master's clock).
 
     Registrations not signed with the cluster key (ssh_key) are problems, not nodes.
     """
@@ -300,27 +303,46 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
         fail(str(error))
     membership, refused = _registrations(conf, snapshot)
     ignored = Trust(conf).judge(snapshot).problem  # a change of allowed_signers
+    health, unhealthy = read_health(snapshot)
     nodes = [{"mac": m.mac, "ip": m.ip, "hostname": m.hostname,
               "role": "master" if m.mac == membership.master else "node", "cores": m.cores,
-              "pending": len(pending_tasks(snapshot, m.mac))}
+              "pending": len(pending_tasks(snapshot, m.mac)),
+              **status_fields(health, m.mac)}
              for m in membership.members]
     # Everything in the repository that a person should fix, each with its fix.
     cluster = read_cluster_vars(snapshot)
     problems = [*membership.problems, *refused, *cluster.problems, *config_problems(cluster),
-                *read_signers(snapshot).problems, *([ignored] if ignored else [])]
+                *read_signers(snapshot).problems, *([ignored] if ignored else []),
+                *([unhealthy] if unhealthy else [])]
+    # Times another node wrote are shown as written, by whose clock, never against ours.
+    recorded = {"written_by": health.master, "written_at_master_clock": health.written_at} \
+        if health else None
     if as_json:
-        print_json({"master": membership.master, "nodes": nodes, "problems": problems})
+        print_json({"master": membership.master, "successors": successors(membership),
+                    "health": recorded, "nodes": nodes, "problems": problems})
         return
-    table = Table(title=f"picluster: {len(nodes)} nodes")
-    for column in ("MAC", "IP", "hostname", "role", "cores", "pending tasks"):
-        table.add_column(column)
+    table = Table(title=f"picluster: {len(nodes)} nodes", caption=(
+        f"health: as master {layout.format_mac(health.master)} recorded it at "
+        f"{health.written_at}, by its clock" if health else "health: not recorded yet"))
+    for column in ("MAC", "IP", "hostname", "role", "cores", "pending tasks", "health"):
+        table.add_column(column, no_wrap=column in ("MAC", "IP"))
     for node in nodes:
         table.add_row(layout.format_mac(str(node["mac"])), str(node["ip"]),
                       str(node["hostname"]), str(node["role"]), str(node["cores"]),
-                      str(node["pending"]))
+                      str(node["pending"]), _health_cell(node))
     out.print(table)
     for problem in problems:
         err.print(f"[yellow]problem:[/] {problem}", highlight=False)
+
+
+def _health_cell(node: dict[str, Any]) -> str:
+    """The node's state, and how long before the record the master last saw it (both
+    times by the master's clock)."""
+    if node["state"] is None:
+        return "-"
+    before = node["seen_before_written_s"]
+    return node["state"] + (f", {node['missed']} missed" if node["missed"] else "") + (
+        f", seen {before:g} s before" if before else "")
 
 
 _HOST_STYLE = {"ok": "green", "changed": "yellow", "skipped": "dim", "failed": "red",

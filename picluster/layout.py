@@ -12,6 +12,7 @@ __all__ = [
     "ALLOWED_SIGNERS",
     "ALLOWED_SIGNERS_SIG",
     "CLUSTER_VARS",
+    "HEALTH",
     "HOSTFILE",
     "INVENTORY",
     "IP_DIR",
@@ -39,6 +40,7 @@ ALLOWED_SIGNERS = f"{LOCAL_VARS}/allowed_signers"
 # An OpenSSH signature of allowed_signers' exact bytes by a signer the nodes trust.
 ALLOWED_SIGNERS_SIG = f"{ALLOWED_SIGNERS}.sig"
 NODES_VARS = f"{LOCAL_VARS}/nodes"
+HEALTH = f"{LOCAL_VARS}/health.yml"  # what the master last saw of every node
 INVENTORY = "inventory"
 HOSTFILE = "hostfile"
 
@@ -119,6 +121,7 @@ Every file is plain text: read it with `cat`, fix it with an editor, commit, pus
 | `local-vars/allowed_signers.sig` | its signature; nodes ignore a change nobody they trust signed |
 | `local-vars/nodes/<mac>.yml` | facts each node reports about itself |
 | `local-vars/nodes/<mac>.sig` | the node's signature of its IP and facts, with the cluster key |
+| `local-vars/health.yml` | when the master last saw each node, by the master's clock |
 | `queue/<mac>/<id>.json` | a signed task waiting for that node |
 | `queue/<mac>/done/<id>.json` | its outcome; `rejected/` holds tasks that never ran, with why |
 | `inventory`, `hostfile` | Ansible inventory and MPI hostfile, rendered by the master |

@@ -217,7 +217,7 @@ def test_a_forged_intent_is_dropped_and_every_writer_lands(node: Node) -> None:
     tasks = echoes(cluster, 2, after="forged intents")
     outcomes = wait_for(cluster.operator_repo(), tasks, 30)
     assert {o.status for o in outcomes.values()} == {"ok"} and len(outcomes) == 2
-    wait_until(lambda: bare_git(cluster, "for-each-ref", "refs/picluster") == "", 30,
+    wait_until(lambda: bare_git(cluster, "for-each-ref", "refs/picluster/inbox") == "", 30,
                "the inbox drained")
     assert cluster.snapshot().read("y") == "\\ud800"  # kept as written, escaped
     assert cluster.snapshot().read("x") is None and node.agent.poll() is None

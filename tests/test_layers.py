@@ -14,7 +14,8 @@ PACKAGE = Path(picluster.__file__).resolve().parent
 LAYERS: list[tuple[str, ...]] = [
     ("version", "settings", "layout", "files", "proc", "retry", "bounded"),
     ("gitstore",),
-    ("identity", "signing", "trust", "schema", "tasks", "registry", "queue"),
+    ("identity", "signing", "trust", "schema", "tasks", "registry", "queue", "succession",
+     "healthfile"),
     ("ansible", "apply", "ganglia", "mpi"),
     ("master",),
     ("node",),

@@ -10,14 +10,14 @@ nothing of nodes, tasks, Ganglia or the lab: those build on it.
     errors      GitError, and which refusals are worth another try
     clone       the bare clone: open, repair, fetch, push, commit; every git process
     inbox       intents on refs/picluster/inbox/*, waiting for and carrying them
-    repo        ClusterRepo: sync, snapshot, transact
+    repo        ClusterRepo: sync, snapshot, transact (guarded or not), refs outside main
 """
 
 from picluster.gitstore.clone import init_bare
 from picluster.gitstore.errors import GitError
 from picluster.gitstore.inbox import TransactResult
 from picluster.gitstore.ops import Create, Op, Put, Remove, decode_ops, encode_ops
-from picluster.gitstore.repo import Change, ClusterRepo
+from picluster.gitstore.repo import Change, ClusterRepo, Guard
 from picluster.gitstore.snapshot import Snapshot
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ClusterRepo",
     "Create",
     "GitError",
+    "Guard",
     "Op",
     "Put",
     "Remove",

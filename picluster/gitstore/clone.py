@@ -42,6 +42,7 @@ T = TypeVar("T")
 LOCALE = {"LC_ALL": "C", "LANGUAGE": ""}
 _WORK_REF = "refs/picluster/work"  # where fast-import leaves the commit about to be pushed
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+_NO_DATE = "946684800 +0000"  # 2000-01-01: any fixed date will do
 
 Rewind = Callable[[str, str], None]  # called with (the tip seen last, the new tip)
 
@@ -234,10 +235,12 @@ class Clone:
             self.repo.git.fast_import("--quiet", "--force", "--done", istream=feed)
         return git.SymbolicReference.dereference_recursive(self.repo, _WORK_REF)
 
-    def commit_text(self, text: str) -> str:
-        """A parentless commit of the empty tree whose message is `text`; its sha."""
+    def commit_text(self, text: str, *, timeless: bool = False) -> str:
+        """A parentless commit of the empty tree whose message is `text`; its sha.  A
+        `timeless` one carries a fixed date: the same text is always the same commit."""
+        env = {"GIT_AUTHOR_DATE": _NO_DATE, "GIT_COMMITTER_DATE": _NO_DATE} if timeless else {}
         with self._writing("commit"), _textfile(text) as name:
-            return str(self.repo.git.commit_tree(_EMPTY_TREE, "-F", name))
+            return str(self.repo.git.commit_tree(_EMPTY_TREE, "-F", name, env=env))
 
     @contextmanager
     def _writing(self, what: str) -> Iterator[None]:

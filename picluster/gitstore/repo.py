@@ -17,10 +17,15 @@ Either way, every push of main carries the pending intents.
 Every fetch checks that the branch only ever moved forward: a tip that does not descend
 from the one seen last (a force-push rewound it) is logged loudly and told to the
 callbacks given to `on_rewind`.
+
+A `guarded` repository writes only where a guard passes on the very tip a change lands
+on: every change is then compare-and-set, and the guard raises to write nothing.  Refs
+outside main (`publish`, `refs`) carry signs of life that never become commits on it.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,9 +41,10 @@ from picluster.gitstore.snapshot import Snapshot
 from picluster.retry import backoffs
 from picluster.settings import Settings
 
-__all__ = ["Change", "ClusterRepo"]
+__all__ = ["Change", "ClusterRepo", "Guard"]
 
 Change = Sequence[Op] | Callable[[Snapshot], Sequence[Op]]
+Guard = Callable[[Snapshot], None]
 
 
 class ClusterRepo:
@@ -56,6 +62,7 @@ class ClusterRepo:
         # ref).  Reading a Snapshot takes neither, so it never waits for a writer's
         # network round trips.
         self._writing = threading.RLock()
+        self._guard: Guard | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, writer: str) -> ClusterRepo:
@@ -63,6 +70,15 @@ class ClusterRepo:
         URL needs it."""
         return cls(settings.repo, settings.clone_dir, branch=settings.branch, writer=writer,
                    ssh_command=settings.ssh_command())
+
+    def guarded(self, guard: Guard) -> ClusterRepo:
+        """This clone, writing only where `guard` passes: every change becomes
+        compare-and-set, and `guard` judges each tip it would land on (it raises to write
+        nothing; the exception reaches the caller of `transact`).  Shares the clone and
+        its lock."""
+        view = copy.copy(self)
+        view._guard = guard
+        return view
 
     @property
     def url(self) -> str:
@@ -115,6 +131,8 @@ class ClusterRepo:
                  deadline: float | None = None) -> TransactResult:
         """Apply `change` to the remote tip and push it; see the module docstring."""
         give_up = time.monotonic() + (self.deadline if deadline is None else deadline)
+        if self._guard is not None:
+            change = _guarded(change, self._guard)
         with self.locked():
             if callable(change):
                 return self._compare_and_set(change, message, give_up)
@@ -124,6 +142,24 @@ class ClusterRepo:
         """Carry intents whose writers died before they landed (the agent calls this)."""
         with self.locked():
             return inbox.carry_orphans(self._clone)
+
+    # -- refs outside main -------------------------------------------------------------
+
+    def publish(self, ref: str, text: str) -> None:
+        """Point the remote's `ref` (outside refs/heads) at a parentless commit whose
+        message is `text`.  The same text is always the same commit, so a writer that
+        cycles through a few texts adds no objects after the first round.  Takes no lock:
+        it touches no local ref."""
+        sha = self._clone.commit_text(text, timeless=True)
+        try:
+            self._clone.push("origin", f"+{sha}:{ref}")
+        except RemoteMoved as error:  # another writer of the same ref: its business
+            raise GitError(f"cannot publish {ref}: {error}") from None
+
+    def refs(self, pattern: str) -> dict[str, str]:
+        """The remote's refs matching `pattern` (ref -> sha), asked once: writes nothing
+        locally, takes no lock."""
+        return self._clone.ls_remote(time.monotonic(), pattern)
 
     def _compare_and_set(self, change: Callable[[Snapshot], Sequence[Op]], message: str,
                          give_up: float) -> TransactResult:
@@ -150,3 +186,11 @@ class ClusterRepo:
                 raise GitError(f"gave up pushing '{message}' to {self.url} after "
                                f"{attempts} attempts: the remote kept moving")
             time.sleep(delay)
+
+
+def _guarded(change: Change, guard: Guard) -> Callable[[Snapshot], Sequence[Op]]:
+    def change_if_allowed(tip: Snapshot) -> Sequence[Op]:
+        guard(tip)
+        return change(tip) if callable(change) else change
+
+    return change_if_allowed

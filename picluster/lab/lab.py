@@ -545,7 +545,11 @@ class Lab:
         processes, unmount their disks, delete its namespaces and files.  Returns the
         namespaces it deleted."""
         namespaces = self.net.namespaces()
-        pid_files = sorted(self.dir.rglob("*.pid")) if self.dir.is_dir() else []
+        # Where the lab writes pid files: each host's folder, and the run folder of each
+        # node's agent.  Never a walk of the whole lab: the git server's objects change
+        # under a push, and a machine node's root file system is not the lab's.
+        folders = [self.dir / "git", *self.dir.glob("nodes/*"), *self.dir.glob("nodes/*/home/run")]
+        pid_files = sorted(path for folder in folders for path in folder.glob("*.pid"))
         self.procs.shut_down(pid_files, grace=20.0)
         self.procs.stop(namespaces, pid_files, grace=3.0)
         if self.dir.is_dir():

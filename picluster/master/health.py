@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PingReport:
-    """One ping round: who did not answer, who was pruned."""
+    """One ping round: who did not answer, who did, who was pruned."""
 
     failed: dict[str, str] = field(default_factory=dict)  # ip -> why
+    answered: list[str] = field(default_factory=list)  # ips
     pruned: list[str] = field(default_factory=list)  # macs
 
 
@@ -111,6 +112,7 @@ class Health:
         for ip, result in results.items():
             member = workers[ip]
             if result.status == "ok":
+                report.answered.append(ip)
                 if self._state.answered(kind, member.mac):
                     log.info("node %s (%s) answers again", member.mac, ip)
                 continue

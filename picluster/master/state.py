@@ -30,6 +30,7 @@ class MasterState:
         self._leaving: set[str] = set()  # MACs being pruned: gone from the views already
         self._sends = ganglia.Sends(settings)  # the Ganglia configs sent to workers
         self._said_offline = False
+        self._checked: set[str] = set()  # the MACs the health checks cover
 
     # -- the views ---------------------------------------------------------------------
 
@@ -89,9 +90,21 @@ class MasterState:
             return misses
 
     def keep_counts(self, macs: set[str]) -> None:
-        """Forget the counts of nodes not in `macs` (pruned, or removed by hand)."""
+        """Forget the counts of nodes not in `macs` (pruned, or removed by hand): `macs`
+        are the nodes checked from now on."""
         with self._lock:
             self._misses = {key: n for key, n in self._misses.items() if key[1] in macs}
+            self._checked = set(macs)
+
+    def checked(self) -> set[str]:
+        """The MACs the last round checked."""
+        with self._lock:
+            return set(self._checked)
+
+    def misses(self, mac: str) -> int:
+        """`mac`'s misses in a row, of whichever kind it missed more."""
+        with self._lock:
+            return max((n for key, n in self._misses.items() if key[1] == mac), default=0)
 
     def pruned(self, mac: str) -> None:
         """`mac` left: should it come back, it starts afresh."""

@@ -136,7 +136,7 @@ class Views:
             for problem in (*membership.problems, *cluster.problems,
                             *ganglia.config_problems(cluster)):
                 log.warning("%s", problem)
-            if membership.master_member is None:
+            if membership.master_member is None or membership.master != self._node().mac:
                 return None
             views = render_views(membership, cluster.ssh_user)
             config = ganglia.cluster_config(self._settings, membership, cluster)

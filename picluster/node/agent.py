@@ -10,7 +10,9 @@
 *   ... and a flusher thread pushes outcomes, each with the removal of its pending file,
     in one commit per batch, then forgets them locally.
 *   While the node holds `master`, two more jobs knock on and ping the workers every
-    `ping_interval`, and the poll renders the views (picluster.master).
+    `ping_interval`, and the poll renders the views (picluster.master).  Every node moves
+    its beacon (`beat`); every other node watches the master's (`watch`) and takes
+    `master` over when it is its turn (picluster.master.takeover).
 
 So a node that dies mid-task runs the task again after restart (tasks are idempotent),
 a task that finished never runs twice, and no outcome is lost.
@@ -32,7 +34,7 @@ from huey import SqliteHuey
 from picluster.ganglia import Daemons
 from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import NodeIdentity, identify
-from picluster.master import Master
+from picluster.master import Master, Succession
 from picluster.node.facts import reported_facts
 from picluster.node.intake import Intake
 from picluster.node.ledger import Ledger, Storage
@@ -75,7 +77,10 @@ class Agent:
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
         self.daemons = Daemons(settings)
         self.master = Master(settings, self.repo, lambda: self.node, self.daemons)
+        self.succession = Succession(settings, self.repo, lambda: self.node,
+                                     self.master.members)
         self._stopping = threading.Event()
+        self._scheduling = threading.Lock()  # the poll and the watch both follow the role
         self.is_master = False
         self.started = clock()
 
@@ -119,10 +124,14 @@ class Agent:
     # -- the jobs ----------------------------------------------------------------------
 
     def schedule(self) -> None:
-        """Add and remove jobs to match this node's role: `poll` always, `reach` and `ping`
-        while master.  A master's first poll and ping wait for `master_grace` after start,
-        so every node can register first; a node that becomes master later starts pinging
-        at once, if the grace has passed."""
+        """Add and remove jobs to match this node's role: `poll` and `beat` always, `reach`
+        and `ping` while master, `watch` while not.  A master's first poll and ping wait
+        for `master_grace` after start, so every node can register first; a node that
+        becomes master later starts pinging at once, if the grace has passed."""
+        with self._scheduling:
+            self._schedule()
+
+    def _schedule(self) -> None:
         grace = dt.timedelta(seconds=self.settings.master_grace if self.is_master else 0)
         first = max(self.clock(), self.started + grace)
         if self.scheduler.get_job("poll") is None:
@@ -130,11 +139,16 @@ class Agent:
                 log.info("master: first poll after the %.0f s grace period",
                          grace.total_seconds())
             self._every("poll", self.poll, self.settings.poll_interval, first)
-        for name, job in (("reach", self.master.reach), ("ping", self.master.ping)):
+        if self.scheduler.get_job("beat") is None:
+            self._every("beat", self.succession.beat, self.succession.beat_interval,
+                        self.clock())
+        for name, job, wanted in (("reach", self.master.reach, self.is_master),
+                                  ("ping", self.master.ping, self.is_master),
+                                  ("watch", self.watch, not self.is_master)):
             scheduled = self.scheduler.get_job(name) is not None
-            if self.is_master and not scheduled:
+            if wanted and not scheduled:
                 self._every(name, job, self.settings.ping_interval, first)
-            elif not self.is_master and scheduled:
+            elif not wanted and scheduled:
                 self.scheduler.remove_job(name)
 
     def _every(self, name: str, job: Callable[[], object], seconds: float,
@@ -169,6 +183,20 @@ class Agent:
         except GitError as error:
             log.warning("poll failed, next one in %.0f s: %s", self.settings.poll_interval,
                         error)
+
+    def watch(self) -> None:
+        """Watch the master; having taken it over, act as master at once: the role, the
+        jobs, and a poll now to render, converge and start gmetad."""
+        if not self.succession.watch():
+            return
+        try:
+            self.refresh_registration()
+        except GitError as error:  # the next poll follows the role
+            log.warning("could not register as master yet: %s", error)
+            return
+        poll = self.scheduler.get_job("poll")
+        if poll is not None:
+            poll.modify(next_run_time=self.clock())
 
     def _ensure_daemons(self) -> None:
         self.daemons.ensure(is_master=self.is_master, own_ip=self.node.ip)
