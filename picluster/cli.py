@@ -14,10 +14,12 @@ from rich.table import Table
 from rich.text import Text
 
 from picluster import layout
+from picluster.broadcast import missing_task, parse_words, reported_tasks, rows, select
 from picluster.ganglia import config_problems
 from picluster.gitstore import ClusterRepo, GitError, Snapshot, init_bare
 from picluster.identity import IdentityError, identify, writer_name
 from picluster.node import catalogue, reported_facts
+from picluster.node.command import TASK as RUN
 from picluster.provision import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
 from picluster.registry import (
@@ -165,51 +167,132 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
 @app.command("enqueue")
 def enqueue_command(
     ctx: typer.Context,
-    mac: Annotated[str, typer.Argument(help="The node that runs the task.")],
-    task: Annotated[str, typer.Argument(help="Task name, e.g. echo.")],
+    words: Annotated[list[str], typer.Argument(
+        metavar="[MAC...] TASK [-- CMD ARG...]",
+        help="The nodes (none with --all or --role), the task, e.g. echo, and for `run` "
+             "the command after --.")],
+    every: Annotated[bool, typer.Option(
+        "--all", help="One task for every registered node.")] = False,
+    role: Annotated[str | None, typer.Option(
+        help="One task for the master (master) or for every other node (node).")] = None,
     arg: Annotated[list[str] | None, typer.Option(
         "--arg", help="key=value argument (value parsed as JSON when it is JSON); repeat.")]
     = None,
     wait: Annotated[float | None, typer.Option(
-        help="Wait this many seconds for the outcome and print it.")] = None,
+        help="Wait this many seconds for the outcomes and print them.")] = None,
     retries: Annotated[int, typer.Option(help="Retries after a failure.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Sign a task and commit it to queue/<mac>/; with --wait, print its outcome.
+    """Sign a task for each node named and commit them all to queue/<mac>/ in one commit;
+    with --wait, print the outcome (one node) or a table with a row per node.
 
-    Exit code with --wait: 0 ok, 1 the task failed or was rejected, 3 no outcome in time.
+    Exit code with --wait: 0 every task ok, 1 one failed or was rejected, 3 no outcome in
+    time; 2 bad input, such as arguments the task's schema refuses or a node that does
+    not run the task.
     """
     conf = settings(ctx)
     if conf.signing_key is None:
         fail(f"{conf.source}: key 'signing_key' is not set; point it at the private key "
              "whose public half is trusted (`picluster trust`)", EXIT_USAGE)
     try:
-        # Arguments the task's schema refuses never leave: exit 2, one line.
-        job = make_task(mac, task, _parse_args(arg or []), conf.signer, retries=retries,
-                        catalogue=catalogue)
+        request = parse_words(words)
+        args = _parse_args(arg or [])
+        if request.rest:
+            if request.task != RUN:
+                raise ValueError(f"only `{RUN}` takes a command after its name; give task "
+                                 f"'{request.task}' its arguments with --arg key=value")
+            args["argv"] = list(request.rest)
+        # Arguments the task's schema refuses never leave, when this side knows the task.
+        known = request.task in catalogue.names()
+        if known:
+            catalogue.check(request.task, args)
     except ValueError as error:
         fail(str(error), EXIT_USAGE)
     repo = open_repo(ctx)
     try:
-        (job,) = enqueue(repo, [job], conf.signing_key)
+        membership, _ = _registrations(conf, repo.sync())
+    except GitError as error:
+        fail(str(error))
+    try:
+        macs = select(membership, every=every, role=role, macs=request.macs)
+        # Nor a task that a node it goes to does not report it runs, ...
+        problems = missing_task(membership, macs, request.task)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ValueError(problems[0] + more)
+        # ... nor one that neither this side nor any of them knows.
+        if not known and all(reported_tasks(membership, mac) is None for mac in macs):
+            catalogue.check(request.task, args)
+        jobs = [make_task(mac, request.task, args, conf.signer, retries=retries)
+                for mac in macs]
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    try:
+        jobs = enqueue(repo, jobs, conf.signing_key)
     except SignatureError as error:
         fail(str(error), EXIT_USAGE)
     except GitError as error:
         fail(str(error))
+    single = len(jobs) == 1 and not (every or role)
     if wait is None:
         if as_json:
-            print_json({"id": job.id, "node": job.node, "task": job.task})
+            listed = [{"id": j.id, "node": j.node, "task": j.task} for j in jobs]
+            print_json(listed[0] if single else listed)
         else:
-            out.print(job.id)
+            for job in jobs:
+                out.print(job.id if single else f"{job.node} {job.id}", highlight=False)
         return
     try:
-        outcome = wait_for(repo, [job], wait).get(job.id)
+        outcomes = wait_for(repo, jobs, wait)
     except GitError as error:
-        fail(f"task {job.id} is queued, but waiting for its outcome failed: {error}")
-    if outcome is None:
-        fail(f"no outcome for task {job.id} within {wait:g} s; it stays queued", EXIT_TIMEOUT)
-    print_json(json.loads(outcome.to_json()))
-    raise typer.Exit(0 if outcome.status == "ok" else EXIT_FAILED)
+        fail(f"{len(jobs)} tasks are queued, but waiting for their outcomes failed: {error}")
+    if single:
+        outcome = outcomes.get(jobs[0].id)
+        if outcome is None:
+            fail(f"no outcome for task {jobs[0].id} within {wait:g} s; it stays queued",
+                 EXIT_TIMEOUT)
+        print_json(json.loads(outcome.to_json()))
+        raise typer.Exit(0 if outcome.status == "ok" else EXIT_FAILED)
+    table = rows(jobs, outcomes, membership)
+    if as_json:
+        print_json(table)
+    else:
+        _print_rows(table)
+    statuses = {row["status"] for row in table}
+    raise typer.Exit(0 if statuses == {"ok"} else
+                     EXIT_TIMEOUT if statuses <= {"ok", "pending"} else EXIT_FAILED)
+
+
+_STATUS_STYLE = {"ok": "green", "pending": "dim", "error": "red", "timeout": "red",
+                 "rejected": "red", "revoked": "yellow"}
+
+
+def _summary(row: dict[str, Any], width: int = 80) -> str:
+    """A row's result or error on one line: a command's output, else compact JSON."""
+    result = row["result"]
+    if row["error"] and not (isinstance(result, dict) and result.get("stdout", "").strip()):
+        text = row["error"]
+    elif isinstance(result, dict) and "stdout" in result:
+        text = result["stdout"].strip() or result.get("stderr", "").strip()
+    else:
+        text = json.dumps(result, ensure_ascii=False) if result is not None else ""
+    text = " ⏎ ".join(text.splitlines())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _print_rows(table: list[dict[str, Any]]) -> None:
+    """Outcomes, one row per node."""
+    view = Table()
+    for column in ("node", "hostname", "status", "seconds", "result or error"):
+        view.add_column(column)
+    for row in table:
+        seconds = "" if row["duration_s"] is None else f"{row['duration_s']:.2f}"
+        view.add_row(layout.format_mac(row["node"]), row["hostname"] or "",
+                     Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")), seconds,
+                     Text(_summary(row)))
+    out.print(view)
+    done = sum(row["status"] == "ok" for row in table)
+    out.print(f"{done} of {len(table)} ok", highlight=False)
 
 
 @app.command("trust")

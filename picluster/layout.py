@@ -97,10 +97,11 @@ def pending_path(mac: str, task_id: str) -> str:
 
 
 def outcome_path(mac: str, name: str, status: str) -> str:
-    """Where a task's outcome goes: done/ for ran (ok or error), rejected/ for never ran."""
+    """Where a task's outcome goes: done/ for ran (ok, error, timeout), rejected/ for never
+    ran (rejected, revoked)."""
     if not valid_task_id(name):
         raise ValueError(f"'{name}' is not a valid task id")
-    folder = "rejected" if status == "rejected" else "done"
+    folder = "rejected" if status in ("rejected", "revoked") else "done"
     return f"{queue_dir(mac)}/{folder}/{name}.json"
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from picluster import layout
 from picluster.gitstore import Op
 from picluster.schema import ArgError, Duration, Json, Schema
+from picluster.version import __version__
 
 __all__ = [
     "Catalogue",
@@ -33,6 +34,8 @@ __all__ = [
     "Task",
     "TaskContext",
     "TaskError",
+    "TaskFailed",
+    "TaskTimedOut",
     "catalogue",
     "new_task_id",
     "now_iso",
@@ -46,6 +49,23 @@ _OPTIONAL = {"eta", "expires", "retries"}  # may be absent: the dataclass defaul
 
 class TaskError(ValueError):
     """A task file that cannot run; the message says where and how to fix it."""
+
+
+class TaskFailed(Exception):
+    """A task ran and failed, with a result worth keeping (a command's exit code and
+    output): its outcome is `status` with `result`, and the message as its error."""
+
+    status = "error"
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class TaskTimedOut(TaskFailed):
+    """A task stopped at its timeout: its outcome says "timeout"."""
+
+    status = "timeout"
 
 
 def now_iso() -> str:
@@ -129,7 +149,8 @@ class Outcome:
 
     id: str
     node: str
-    status: str  # "ok", "error" (ran and failed) or "rejected" (never ran)
+    # "ok"; "error" or "timeout" (ran and failed); "rejected" or "revoked" (never ran)
+    status: str
     task: str | None = None
     producer: str | None = None
     result: Any = None
@@ -174,6 +195,7 @@ TaskFunction = Callable[[dict[str, Any], TaskContext], Any]
 class _Entry:
     function: TaskFunction
     schema: Schema
+    version: str
 
 
 class Catalogue:
@@ -185,10 +207,12 @@ class Catalogue:
         self._tasks: dict[str, _Entry] = {
             name: entry for base in bases for name, entry in base._tasks.items()}
 
-    def task(self, name: str, schema: Schema) -> Callable[[TaskFunction], TaskFunction]:
-        """Register the decorated function as task `name`, taking what `schema` allows."""
+    def task(self, name: str, schema: Schema, version: str = __version__
+             ) -> Callable[[TaskFunction], TaskFunction]:
+        """Register the decorated function as task `name`, taking what `schema` allows;
+        `version` is what the node reports it runs (a plugin's: its package's)."""
         def decorator(function: TaskFunction) -> TaskFunction:
-            self._tasks[name] = _Entry(function, schema)
+            self._tasks[name] = _Entry(function, schema, version)
             return function
         return decorator
 
@@ -216,6 +240,10 @@ class Catalogue:
 
     def names(self) -> list[str]:
         return sorted(self._tasks)
+
+    def versions(self) -> dict[str, str]:
+        """Task name -> version: what a node reports it runs (in its facts)."""
+        return {name: self._tasks[name].version for name in self.names()}
 
 
 # The built-ins any catalogue starts from.

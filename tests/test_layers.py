@@ -14,7 +14,7 @@ PACKAGE = Path(picluster.__file__).resolve().parent
 LAYERS: list[tuple[str, ...]] = [
     ("version", "settings", "layout", "files", "proc", "retry"),
     ("gitstore",),
-    ("identity", "signing", "trust", "schema", "tasks", "registry", "queue"),
+    ("identity", "signing", "trust", "schema", "tasks", "registry", "queue", "broadcast"),
     ("ansible", "apply", "ganglia"),
     ("master",),
     ("node",),

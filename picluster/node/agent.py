@@ -41,7 +41,7 @@ from picluster.node.tasks import catalogue
 from picluster.registry import register
 from picluster.retry import retry
 from picluster.settings import Settings
-from picluster.tasks import Catalogue, Outcome, Task, TaskContext, now_iso
+from picluster.tasks import Catalogue, Outcome, Task, TaskContext, TaskFailed, now_iso
 from picluster.trust import Trust
 
 __all__ = ["Agent"]
@@ -192,8 +192,12 @@ class Agent:
                 log.warning("task %s failed (%s); %d retries left", job.id, error, task.retries)
                 raise
             log.warning("task %s failed: %s: %s", job.id, type(error).__name__, error)
-            outcome.status, outcome.result = "error", None
-            outcome.error = f"{type(error).__name__}: {error}"
+            if isinstance(error, TaskFailed):  # it ran, and has a result to keep
+                outcome.status, outcome.result, outcome.error = error.status, error.result, \
+                    str(error)
+            else:
+                outcome.status, outcome.result = "error", None
+                outcome.error = f"{type(error).__name__}: {error}"
             context.ops.clear()
         outcome.finished_at = now_iso()
         self.outbox.store(outcome, pending_path, context.ops)

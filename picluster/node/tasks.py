@@ -1,4 +1,4 @@
-"""The catalogue a node runs: the built-ins, `register` and Ganglia's `ganglia`."""
+"""The catalogue a node runs: the built-ins, `register`, `run` and Ganglia's `ganglia`."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from typing import Any
 
 from picluster import ganglia, tasks
 from picluster.identity import identify
+from picluster.node import command
 from picluster.registry import registration_ops
 from picluster.schema import Schema
 from picluster.tasks import Catalogue, TaskContext
 
 __all__ = ["catalogue"]
 
-catalogue = Catalogue(tasks.catalogue, ganglia.catalogue)
+catalogue = Catalogue(tasks.catalogue, ganglia.catalogue, command.catalogue)
 
 
 @catalogue.task("register", Schema())
