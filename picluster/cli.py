@@ -18,7 +18,7 @@ from picluster.broadcast import missing_task, parse_words, reported_tasks, rows,
 from picluster.ganglia import config_problems
 from picluster.gitstore import ClusterRepo, GitError, Snapshot, init_bare
 from picluster.identity import IdentityError, identify, writer_name
-from picluster.node import catalogue, reported_facts
+from picluster.node import installed, reported_facts
 from picluster.node.command import TASK as RUN
 from picluster.provision import DEFAULT_MOUNT, DEFAULT_PACKAGE, BootError, boot, prepare_boot
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
@@ -203,6 +203,7 @@ def enqueue_command(
                                  f"'{request.task}' its arguments with --arg key=value")
             args["argv"] = list(request.rest)
         # Arguments the task's schema refuses never leave, when this side knows the task.
+        catalogue = installed().catalogue
         known = request.task in catalogue.names()
         if known:
             catalogue.check(request.task, args)

@@ -14,7 +14,8 @@ PACKAGE = Path(picluster.__file__).resolve().parent
 LAYERS: list[tuple[str, ...]] = [
     ("version", "settings", "layout", "files", "proc", "retry"),
     ("gitstore",),
-    ("identity", "signing", "trust", "schema", "tasks", "registry", "queue", "broadcast"),
+    ("identity", "signing", "trust", "schema", "tasks", "registry", "queue", "broadcast",
+     "plugins"),
     ("ansible", "apply", "ganglia"),
     ("master",),
     ("node",),

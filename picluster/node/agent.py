@@ -37,7 +37,8 @@ from picluster.node.facts import reported_facts
 from picluster.node.intake import Intake
 from picluster.node.ledger import Ledger, Storage
 from picluster.node.outbox import Outbox
-from picluster.node.tasks import catalogue
+from picluster.node.tasks import installed
+from picluster.plugins import Plugins
 from picluster.registry import register
 from picluster.retry import retry
 from picluster.settings import Settings
@@ -53,10 +54,12 @@ class Agent:
     """Everything `picluster agent` runs.  `run()` blocks until SIGINT (graceful: running
     tasks finish and their outcomes are pushed) or SIGTERM."""
 
-    def __init__(self, settings: Settings, tasks: Catalogue = catalogue,
+    def __init__(self, settings: Settings, tasks: Catalogue | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.settings = settings
-        self.catalogue = tasks
+        # The built-ins and the installed packages' tasks, unless told otherwise.
+        plugins = installed() if tasks is None else Plugins(tasks)
+        self.catalogue = plugins.catalogue
         self.clock = clock
         self.node: NodeIdentity = identify(settings)
         self.repo = ClusterRepo.from_settings(settings, self.node.mac)
@@ -69,9 +72,9 @@ class Agent:
         self.outbox = Outbox(self.ledger, self.repo, self.node.mac)
         self.trust = Trust(settings)
         self.trust.install_anchor()  # TrustError: the card's anchor cannot be used
-        self.intake = Intake(self.huey, execute, self.repo, self.node.mac, tasks, self.ledger,
-                             self.outbox, self.trust.signers)
-        self._facts = functools.partial(reported_facts, settings)
+        self.intake = Intake(self.huey, execute, self.repo, self.node.mac, self.catalogue,
+                             self.ledger, self.outbox, self.trust.signers)
+        self._facts = functools.partial(reported_facts, settings, plugins)
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
         self.daemons = Daemons(settings)
         self.master = Master(settings, self.repo, lambda: self.node, self.daemons)
