@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,8 +31,11 @@ from picluster.registry import (
     register,
     verify_registrations,
 )
+from picluster.revoke import Revocation, locate, revoke_ops
 from picluster.settings import ConfigError, Settings
 from picluster.signing import SignatureError, public_key_of, signer_line
+from picluster.tasks import MAX_SECONDS, now_iso
+from picluster.timespec import iso, parse_duration, parse_moment
 from picluster.trust import Trust, TrustError
 from picluster.version import __version__
 
@@ -180,7 +185,19 @@ def enqueue_command(
     = None,
     wait: Annotated[float | None, typer.Option(
         help="Wait this many seconds for the outcomes and print them.")] = None,
-    retries: Annotated[int, typer.Option(help="Retries after a failure.")] = 0,
+    delay: Annotated[str | None, typer.Option(
+        "--in", help="Run it this much later, e.g. 30s, 5m, 2h (an eta).")] = None,
+    at: Annotated[str | None, typer.Option(
+        help="Run it at this time, ISO 8601, e.g. 2026-11-25T03:00 (local) (an eta).")]
+    = None,
+    expires: Annotated[str | None, typer.Option(
+        help="Never run it after this: a duration from now (e.g. 1h) or a time.")] = None,
+    timeout: Annotated[str | None, typer.Option(
+        help="Stop it after this long, e.g. 30s; its outcome then says timeout.")] = None,
+    retries: Annotated[int, typer.Option(min=0, help="Retries after a failure.")] = 0,
+    retry_delay: Annotated[str | None, typer.Option(
+        help="Wait this long before the first retry, twice as long before each next.")]
+    = None,
     as_json: JsonOption = False,
 ) -> None:
     """Sign a task for each node named and commit them all to queue/<mac>/ in one commit;
@@ -202,6 +219,11 @@ def enqueue_command(
                 raise ValueError(f"only `{RUN}` takes a command after its name; give task "
                                  f"'{request.task}' its arguments with --arg key=value")
             args["argv"] = list(request.rest)
+        when = _timing(delay, at, expires, timeout, retry_delay)
+        if when.timeout is not None and request.task == RUN:
+            # `run` stops its command, process group and all, at its own timeout.
+            args.setdefault("timeout", when.timeout)
+            when = when._replace(timeout=None)
         # Arguments the task's schema refuses never leave, when this side knows the task.
         catalogue = installed().catalogue
         known = request.task in catalogue.names()
@@ -224,8 +246,9 @@ def enqueue_command(
         # ... nor one that neither this side nor any of them knows.
         if not known and all(reported_tasks(membership, mac) is None for mac in macs):
             catalogue.check(request.task, args)
-        jobs = [make_task(mac, request.task, args, conf.signer, retries=retries)
-                for mac in macs]
+        jobs = [replace(make_task(mac, request.task, args, conf.signer, eta=when.eta,
+                                  expires=when.expires, retries=retries),
+                        timeout=when.timeout, retry_delay=when.retry_delay) for mac in macs]
     except ValueError as error:
         fail(str(error), EXIT_USAGE)
     try:
@@ -264,6 +287,38 @@ def enqueue_command(
                      EXIT_TIMEOUT if statuses <= {"ok", "pending"} else EXIT_FAILED)
 
 
+class _Timing(NamedTuple):
+    eta: str | None
+    expires: str | None
+    timeout: float | None
+    retry_delay: float | None
+
+
+def _timing(delay: str | None, at: str | None, expires: str | None, timeout: str | None,
+            retry_delay: str | None) -> _Timing:
+    """The timing options of `enqueue` as task fields; ValueError names a bad one."""
+    now = dt.datetime.now(dt.UTC)
+    if delay is not None and at is not None:
+        raise ValueError("give --in or --at, not both")
+    eta = now + dt.timedelta(seconds=parse_duration(delay)) if delay is not None else \
+        parse_moment(at) if at is not None else None
+    until = None
+    if expires is not None:
+        try:
+            until = now + dt.timedelta(seconds=parse_duration(expires))
+        except ValueError:
+            until = parse_moment(expires)
+        if until <= (eta or now):
+            raise ValueError(f"--expires {expires} comes before the task may run")
+    seconds = {}
+    for option, text in (("--timeout", timeout), ("--retry-delay", retry_delay)):
+        seconds[option] = parse_duration(text) if text is not None else None
+        if (seconds[option] or 0) > MAX_SECONDS:
+            raise ValueError(f"{option} {text}: at most {MAX_SECONDS:g} seconds (a day)")
+    return _Timing(iso(eta) if eta else None, iso(until) if until else None,
+                   seconds["--timeout"], seconds["--retry-delay"])
+
+
 _STATUS_STYLE = {"ok": "green", "pending": "dim", "error": "red", "timeout": "red",
                  "rejected": "red", "revoked": "yellow"}
 
@@ -294,6 +349,76 @@ def _print_rows(table: list[dict[str, Any]]) -> None:
     out.print(view)
     done = sum(row["status"] == "ok" for row in table)
     out.print(f"{done} of {len(table)} ok", highlight=False)
+
+
+@app.command("revoke")
+def revoke_command(
+    ctx: typer.Context,
+    ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Task ids to revoke.")],
+    wait: Annotated[float | None, typer.Option(
+        help="Wait this many seconds for the nodes to acknowledge.")] = None,
+) -> None:
+    """Revoke pending tasks: a signed revocation beside each; its node never runs it and
+    its outcome says revoked (a task that already started runs to its end).
+
+    Exit code: 0 all revoked, 1 one had finished already (or, with --wait, was not
+    acknowledged as revoked), 2 an id no queue holds, 3 no acknowledgement in time.
+    """
+    conf = settings(ctx)
+    if conf.signing_key is None:
+        fail(f"{conf.source}: key 'signing_key' is not set; revocations are signed like "
+             "tasks", EXIT_USAGE)
+    repo = open_repo(ctx)
+    try:
+        snapshot = repo.sync()
+    except GitError as error:
+        fail(str(error))
+    wanted: list[Revocation] = []
+    codes: set[int] = set()
+    for task_id in dict.fromkeys(ids):
+        found = locate(snapshot, task_id) if layout.valid_task_id(task_id) else []
+        if not found:
+            print(f"picluster: no task {task_id} in any queue (a mistyped id, or its outcome "
+                  "expired)", file=sys.stderr)
+            codes.add(EXIT_USAGE)
+        for where in found:
+            if where.outcome is not None and where.outcome.status == "revoked":
+                out.print(f"{task_id}: revoked already (node {where.node})", highlight=False)
+            elif where.outcome is not None:
+                print(f"picluster: task {task_id} already finished on {where.node} "
+                      f"({where.outcome.status}); nothing to revoke", file=sys.stderr)
+                codes.add(EXIT_FAILED)
+            elif where.revoked:
+                out.print(f"{task_id}: revoked already; {where.node} has not acknowledged "
+                          "it yet", highlight=False)
+            else:
+                wanted.append(Revocation(task_id, where.node, now_iso(), conf.signer))
+    if wanted:
+        try:
+            repo.transact(revoke_ops(wanted, conf.signing_key),
+                          f"revoke {len(wanted)} tasks: {', '.join(r.id for r in wanted)}")
+        except SignatureError as error:
+            fail(str(error), EXIT_USAGE)
+        except GitError as error:
+            fail(str(error))
+    for revocation in wanted:
+        out.print(f"{revocation.id}: revoked (node {revocation.node})", highlight=False)
+    if wait is not None and wanted:
+        try:
+            outcomes = wait_for(repo, wanted, wait)  # type: ignore[arg-type]
+        except GitError as error:
+            fail(f"revoked, but waiting for the nodes failed: {error}")
+        for revocation in wanted:
+            outcome = outcomes.get(revocation.id)
+            if outcome is None:
+                print(f"picluster: node {revocation.node} did not acknowledge revoking "
+                      f"{revocation.id} within {wait:g} s", file=sys.stderr)
+                codes.add(EXIT_TIMEOUT)
+            elif outcome.status != "revoked":
+                print(f"picluster: task {revocation.id} ran before its node saw the "
+                      f"revocation ({outcome.status})", file=sys.stderr)
+                codes.add(EXIT_FAILED)
+    raise typer.Exit(next((c for c in (EXIT_USAGE, EXIT_FAILED, EXIT_TIMEOUT) if c in codes), 0))
 
 
 @app.command("trust")

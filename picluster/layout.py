@@ -25,6 +25,7 @@ __all__ = [
     "pending_path",
     "queue_dir",
     "registration_sig_path",
+    "revoked_path",
     "seed_files",
     "valid_hostname",
     "valid_task_id",
@@ -105,6 +106,13 @@ def outcome_path(mac: str, name: str, status: str) -> str:
     return f"{queue_dir(mac)}/{folder}/{name}.json"
 
 
+def revoked_path(mac: str, task_id: str) -> str:
+    """A signed revocation of the pending task `task_id`: the node never runs it."""
+    if not valid_task_id(task_id):
+        raise ValueError(f"'{task_id}' is not a valid task id")
+    return f"{queue_dir(mac)}/revoked/{task_id}.json"
+
+
 _README = """\
 # picluster cluster repository
 
@@ -122,6 +130,7 @@ Every file is plain text: read it with `cat`, fix it with an editor, commit, pus
 | `local-vars/nodes/<mac>.sig` | the node's signature of its IP and facts, with the cluster key |
 | `queue/<mac>/<id>.json` | a signed task waiting for that node |
 | `queue/<mac>/done/<id>.json` | its outcome; `rejected/` holds tasks that never ran, with why |
+| `queue/<mac>/revoked/<id>.json` | a signed revocation: the pending task never runs |
 | `inventory`, `hostfile` | Ansible inventory and MPI hostfile, rendered by the master |
 """
 

@@ -6,6 +6,9 @@ A task file (``queue/<mac>/<id>.json``) is pretty-printed JSON a person can read
      "created_at": "...", "producer": "alice", "eta": null, "expires": null,
      "retries": 0, "signature": "-----BEGIN SSH SIGNATURE-----..."}
 
+`timeout` and `retry_delay` appear only when set, so a task without them reads (and
+signs) as it did before they existed.
+
 The signature covers every other field (canonical JSON), the node included, so a task
 cannot be replayed to another node.  Only names in a node's catalogue ever run: the
 built-ins here (`catalogue`: echo, sleep), and what `picluster.node.catalogue` adds.  Each
@@ -43,8 +46,13 @@ __all__ = [
 
 _FIELDS = {"id": str, "node": str, "task": str, "args": dict, "created_at": str,
            "producer": str, "eta": (str, type(None)), "expires": (str, type(None)),
-           "retries": int, "signature": str}
-_OPTIONAL = {"eta", "expires", "retries"}  # may be absent: the dataclass defaults apply
+           "retries": int, "signature": str, "timeout": (int, float, type(None)),
+           "retry_delay": (int, float, type(None))}
+# May be absent: the dataclass defaults apply.
+_OPTIONAL = {"eta", "expires", "retries", "timeout", "retry_delay"}
+# Left out of the file and of what is signed while None (added after the others).
+_UNLESS_SET = ("timeout", "retry_delay")
+MAX_SECONDS = 86400.0  # the longest timeout or retry delay a task may ask for
 
 
 class TaskError(ValueError):
@@ -95,16 +103,25 @@ class Task:
     expires: str | None = None
     retries: int = 0
     signature: str = ""
+    timeout: float | None = None  # seconds: then the outcome says "timeout"
+    retry_delay: float | None = None  # seconds before the first retry, doubling each time
+
+    def _fields(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in _UNLESS_SET:
+            if data[name] is None:
+                del data[name]
+        return data
 
     def signed_bytes(self) -> bytes:
         """What the signature covers: every field but the signature, canonical JSON."""
-        data = asdict(self)
+        data = self._fields()
         del data["signature"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(self._fields(), indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, path: str) -> Task:
@@ -140,6 +157,11 @@ class Task:
                                     "time, e.g. 2026-11-25T14:30:00Z") from None
         if task.retries < 0:
             raise TaskError(f"{path}: field 'retries' must be 0 or more")
+        for name, zero in (("timeout", False), ("retry_delay", True)):
+            value = getattr(task, name)
+            if value is not None and not (0 <= value <= MAX_SECONDS and (zero or value > 0)):
+                raise TaskError(f"{path}: field '{name}' must be "
+                                f"{'0' if zero else 'more than 0'} to {MAX_SECONDS:g} seconds")
         return task
 
 

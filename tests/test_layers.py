@@ -12,10 +12,10 @@ PACKAGE = Path(picluster.__file__).resolve().parent
 
 # Lowest first.  A subpackage is one entry: everything in it shares its layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("version", "settings", "layout", "files", "proc", "retry"),
+    ("version", "settings", "layout", "files", "proc", "retry", "timespec"),
     ("gitstore",),
     ("identity", "signing", "trust", "schema", "tasks", "registry", "queue", "broadcast",
-     "plugins"),
+     "plugins", "revoke"),
     ("ansible", "apply", "ganglia"),
     ("master",),
     ("node",),

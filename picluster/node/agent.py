@@ -38,6 +38,7 @@ from picluster.node.intake import Intake
 from picluster.node.ledger import Ledger, Storage
 from picluster.node.outbox import Outbox
 from picluster.node.tasks import installed
+from picluster.node.timeout import within
 from picluster.plugins import Plugins
 from picluster.registry import register
 from picluster.retry import retry
@@ -188,7 +189,7 @@ class Agent:
         try:
             if function is None:
                 raise LookupError(f"task '{job.task}' left the catalogue")
-            outcome.result = function(job.args, context)
+            outcome.result = within(job.timeout, lambda: function(job.args, context))
             json.dumps(outcome.result)
         except Exception as error:
             if task is not None and task.retries > 0:

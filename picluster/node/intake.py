@@ -13,6 +13,7 @@ from picluster import layout
 from picluster.gitstore import ClusterRepo, Snapshot
 from picluster.node.ledger import Ledger
 from picluster.node.outbox import Outbox
+from picluster.node.revoking import Revoker
 from picluster.queue import scan
 from picluster.signing import AllowedSigners
 from picluster.tasks import Catalogue, parse_time
@@ -33,6 +34,7 @@ class Intake:
         self._repo, self._mac = repo, mac
         self._catalogue, self._ledger, self._outbox = catalogue, ledger, outbox
         self._signers = signers  # the signers this node trusts, after a look at a snapshot
+        self._revoker = Revoker(huey, outbox, mac)
 
     def take(self) -> int:
         """Move new tasks from the last synced snapshot into huey; store rejections in the
@@ -40,8 +42,9 @@ class Intake:
         with self._outbox.pushing:
             snapshot = self._repo.snapshot()
             count = 0
-            for pending in scan(snapshot, self._mac, self._catalogue, set(self._queued(snapshot)),
-                                signers=self._signers(snapshot)):
+            queued, signers = set(self._queued(snapshot)), self._signers(snapshot)
+            found = scan(snapshot, self._mac, self._catalogue, queued, signers=signers)
+            for pending in self._revoker.sift(snapshot, signers, found, queued):
                 if pending.rejection is not None:
                     log.warning("rejected %s", pending.rejection.error)
                     self._outbox.store(pending.rejection, pending.path, [])
@@ -51,8 +54,10 @@ class Intake:
                 if not self._ledger.mark_queued(task.id):
                     continue
                 eta = parse_time(task.eta) if task.eta else None
-                self._huey.enqueue(self._execute.s(task.to_json(), pending.path, id=task.id,
-                                                   eta=eta, retries=task.retries))
+                self._huey.enqueue(self._execute.s(
+                    task.to_json(), pending.path, id=task.id, eta=eta, retries=task.retries,
+                    # Retries wait retry_delay, then twice as long each time.
+                    retry_delay=task.retry_delay or 0, retry_backoff=2 if task.retry_delay else 0))
                 log.info("queued %s %s from %s", task.task, task.id, task.producer)
                 count += 1
             return count
