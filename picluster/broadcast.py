@@ -16,8 +16,8 @@ from picluster import layout
 from picluster.registry import Membership
 from picluster.tasks import Outcome, Task, parse_time
 
-__all__ = ["ROLES", "Words", "missing_task", "parse_words", "reported_tasks", "rows",
-           "select"]
+__all__ = ["ROLES", "Targets", "Words", "missing_task", "parse_words", "reported_tasks", "rows",
+           "select", "targets"]
 
 ROLES = ("master", "node")
 
@@ -52,21 +52,35 @@ def parse_words(words: Sequence[str]) -> Words:
                      "`picluster enqueue --all run -- uname -n`")
 
 
-def select(membership: Membership, *, every: bool = False, role: str | None = None,
-           macs: Sequence[str] = ()) -> list[str]:
-    """The MACs a task goes to: `macs` as given, or every registered node (`every`), or
-    those with `role` (`master`: the master; `node`: every other one).  ValueError when
-    the choice is ambiguous or names nobody."""
+Targets = str | list[str]  # "all", a role ("master", "node"), or MACs
+
+
+def targets(*, every: bool = False, role: str | None = None,
+            macs: Sequence[str] = ()) -> Targets:
+    """The nodes the command line names: `macs`, every node (`every`: "all") or a `role`;
+    ValueError unless exactly one of them is given, and well."""
     if sum((every, role is not None, bool(macs))) != 1:
         raise ValueError("name the nodes: MAC..., --all or --role master|node (one of them)")
     if macs:
         return list(macs)
-    if role is not None and role not in ROLES:
+    if every:
+        return "all"
+    if role not in ROLES:
         raise ValueError(f"--role '{role}': use master or node")
+    return str(role)
+
+
+def select(membership: Membership, chosen: Targets) -> list[str]:
+    """The MACs a task goes to: those `chosen` names as given; for "all" every registered
+    node; for "master" the master, for "node" every other one.  ValueError when that is
+    nobody."""
+    if isinstance(chosen, list):
+        return list(chosen)
     members = [m.mac for m in membership.members
-               if every or (m.mac == membership.master) == (role == "master")]
+               if chosen == "all" or (m.mac == membership.master) == (chosen == "master")]
     if not members:
-        raise ValueError("no registered node " + ("" if every else f"has the role {role}"))
+        raise ValueError("no registered node" + ("" if chosen == "all" else
+                                                 f" has the role {chosen}"))
     return sorted(members)
 
 

@@ -16,9 +16,17 @@ from rich.table import Table
 from rich.text import Text
 
 from picluster import layout
-from picluster.broadcast import missing_task, parse_words, reported_tasks, rows, select
+from picluster.broadcast import (
+    Words,
+    missing_task,
+    parse_words,
+    reported_tasks,
+    rows,
+    select,
+    targets,
+)
 from picluster.ganglia import config_problems
-from picluster.gitstore import ClusterRepo, GitError, Snapshot, init_bare
+from picluster.gitstore import ClusterRepo, GitError, Remove, Snapshot, init_bare
 from picluster.identity import IdentityError, identify, writer_name
 from picluster.node import installed, reported_facts
 from picluster.node.command import TASK as RUN
@@ -32,6 +40,14 @@ from picluster.registry import (
     verify_registrations,
 )
 from picluster.revoke import Revocation, locate, revoke_ops
+from picluster.schedules import (
+    MIN_EVERY,
+    Schedule,
+    last_run,
+    next_run,
+    read_schedules,
+    schedule_ops,
+)
 from picluster.settings import ConfigError, Settings
 from picluster.signing import SignatureError, public_key_of, signer_line
 from picluster.tasks import MAX_SECONDS, now_iso
@@ -169,6 +185,19 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
     return args
 
 
+def _task_request(words: list[str], arg: list[str] | None) -> tuple[Words, dict[str, Any]]:
+    """The nodes, task and arguments the words and --arg options name (a `run` task's
+    command as its argv); ValueError for what cannot be sent."""
+    request = parse_words(words)
+    args = _parse_args(arg or [])
+    if request.rest:
+        if request.task != RUN:
+            raise ValueError(f"only `{RUN}` takes a command after its name; give task "
+                             f"'{request.task}' its arguments with --arg key=value")
+        args["argv"] = list(request.rest)
+    return request, args
+
+
 @app.command("enqueue")
 def enqueue_command(
     ctx: typer.Context,
@@ -212,13 +241,7 @@ def enqueue_command(
         fail(f"{conf.source}: key 'signing_key' is not set; point it at the private key "
              "whose public half is trusted (`picluster trust`)", EXIT_USAGE)
     try:
-        request = parse_words(words)
-        args = _parse_args(arg or [])
-        if request.rest:
-            if request.task != RUN:
-                raise ValueError(f"only `{RUN}` takes a command after its name; give task "
-                                 f"'{request.task}' its arguments with --arg key=value")
-            args["argv"] = list(request.rest)
+        request, args = _task_request(words, arg)
         when = _timing(delay, at, expires, timeout, retry_delay)
         if when.timeout is not None and request.task == RUN:
             # `run` stops its command, process group and all, at its own timeout.
@@ -237,7 +260,7 @@ def enqueue_command(
     except GitError as error:
         fail(str(error))
     try:
-        macs = select(membership, every=every, role=role, macs=request.macs)
+        macs = select(membership, targets(every=every, role=role, macs=request.macs))
         # Nor a task that a node it goes to does not report it runs, ...
         problems = missing_task(membership, macs, request.task)
         if problems:
@@ -660,6 +683,133 @@ def boot_command(
         fail(str(error), error.code)
     except IdentityError as error:
         fail(str(error), EXIT_USAGE)
+
+
+schedule_app = typer.Typer(help="Signed schedules: the master enqueues their tasks on a cron "
+                                "or interval trigger.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("add")
+def schedule_add_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The schedule's name, e.g. nightly-backup.")],
+    words: Annotated[list[str], typer.Argument(
+        metavar="[MAC...] TASK [-- CMD ARG...]",
+        help="The nodes (none with --all or --role), the task, and for `run` the command "
+             "after --.")],
+    cron: Annotated[str | None, typer.Option(
+        help="A crontab line in UTC: minute hour day month weekday, e.g. '0 3 * * *'.")]
+    = None,
+    every: Annotated[str | None, typer.Option(help="A period, e.g. 10m, 1h, 1d.")] = None,
+    all_nodes: Annotated[bool, typer.Option(
+        "--all", help="Every node registered at each run.")] = False,
+    role: Annotated[str | None, typer.Option(
+        help="The master (master) or every other node (node), at each run.")] = None,
+    arg: Annotated[list[str] | None, typer.Option(
+        "--arg", help="key=value argument (value parsed as JSON when it is JSON); repeat.")]
+    = None,
+    replace_existing: Annotated[bool, typer.Option(
+        "--replace", help="Replace a schedule of that name.")] = False,
+) -> None:
+    """Sign a schedule into local-vars/schedules/NAME.json: the master enqueues TASK for
+    the nodes named at each time the trigger gives (runs missed while no master was up
+    are one run).  Exit 2: bad input, such as a crontab line that is not one."""
+    conf = settings(ctx)
+    if conf.signing_key is None:
+        fail(f"{conf.source}: key 'signing_key' is not set; schedules are signed like tasks",
+             EXIT_USAGE)
+    try:
+        if (cron is None) == (every is None):
+            raise ValueError("give the schedule either --cron or --every")
+        period = parse_duration(every) if every is not None else None
+        if period is not None and period < MIN_EVERY:
+            raise ValueError(f"--every {every}: at least {MIN_EVERY:g} s")
+        request, args = _task_request(words, arg)
+        chosen = targets(every=all_nodes, role=role, macs=request.macs)
+        schedule = Schedule(name, request.task, args, chosen, cron, period, now_iso(),
+                            conf.signer).check()
+        catalogue = installed().catalogue
+        if request.task in catalogue.names():
+            catalogue.check(request.task, args)
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    repo = open_repo(ctx)
+    try:
+        membership = read_membership(repo.sync())
+        if request.task not in catalogue.names() and not any(
+                request.task in (reported_tasks(membership, m.mac) or {})
+                for m in membership.members):
+            fail(f"unknown task '{request.task}': neither this side nor any node reports it",
+                 EXIT_USAGE)
+        result = repo.transact(schedule_ops(schedule, conf.signing_key,
+                                            replace_existing=replace_existing),
+                               f"schedule {name}: {request.task} {schedule.describe()}")
+    except SignatureError as error:
+        fail(str(error), EXIT_USAGE)
+    except GitError as error:
+        fail(str(error))
+    if result.commit is None:
+        fail(f"schedule {name} exists; `picluster schedule remove {name}` first, or add "
+             "--replace", EXIT_USAGE)
+    out.print(f"schedule {name}: {request.task} {schedule.describe()} for "
+              f"{chosen if isinstance(chosen, str) else ', '.join(chosen)}", highlight=False)
+
+
+@schedule_app.command("list")
+def schedule_list_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The schedules in the repository: trigger, task, nodes, last and next run."""
+    try:
+        snapshot = open_repo(ctx).sync()
+    except GitError as error:
+        fail(str(error))
+    # Judged by the signers the repository lists; each master judges by those it trusts.
+    found, problems = read_schedules(snapshot, read_signers(snapshot))
+    now = dt.datetime.now(dt.UTC)
+    listed = []
+    for schedule in found:
+        last = last_run(snapshot, schedule.name)
+        listed.append({"name": schedule.name, "trigger": schedule.describe(),
+                       "task": schedule.task, "args": schedule.args,
+                       "targets": schedule.targets, "producer": schedule.producer,
+                       "last_run": iso(last) if last else None,
+                       "next_run": iso(next_run(schedule, last, now))})
+    if as_json:
+        print_json({"schedules": listed, "problems": problems})
+        return
+    table = Table(title=f"{len(listed)} schedules")
+    for column in ("name", "trigger", "task", "nodes", "args", "signer", "last run",
+                   "next run"):
+        table.add_column(column)
+    for row in listed:
+        targets = row["targets"]
+        table.add_row(row["name"], row["trigger"], row["task"],
+                      targets if isinstance(targets, str) else ", ".join(targets),
+                      Text(json.dumps(row["args"], ensure_ascii=False)), row["producer"],
+                      row["last_run"] or "never", row["next_run"])
+    out.print(table)
+    for problem in problems:
+        err.print(f"[yellow]problem:[/] {problem}", highlight=False)
+
+
+@schedule_app.command("remove")
+def schedule_remove_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The schedule to remove.")],
+) -> None:
+    """Remove a schedule (and the record of its last run); its master stops it at its next
+    poll.  Exit 2: no such schedule."""
+    try:
+        ops = [Remove(layout.schedule_path(name)), Remove(layout.schedule_run_path(name))]
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    try:
+        result = open_repo(ctx).transact(ops, f"remove schedule {name}")
+    except GitError as error:
+        fail(str(error))
+    if result.commit is None:
+        fail(f"no schedule {name}; `picluster schedule list` shows them", EXIT_USAGE)
+    out.print(f"removed schedule {name}", highlight=False)
 
 
 def main() -> None:

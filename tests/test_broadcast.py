@@ -7,7 +7,7 @@ import pytest
 from helpers import Cluster, mac_of, run_cli, wait_until
 
 from picluster import layout
-from picluster.broadcast import parse_words, rows, select
+from picluster.broadcast import parse_words, rows, select, targets
 from picluster.registry import Member, Membership
 from picluster.tasks import Outcome, Task
 
@@ -25,15 +25,17 @@ def test_the_words_are_macs_then_the_task_then_its_command() -> None:
 
 
 def test_select_names_every_node_a_role_or_the_macs_given() -> None:
-    assert select(MEMBERSHIP, every=True) == [mac_of(1), mac_of(2), mac_of(3)]
-    assert select(MEMBERSHIP, role="master") == [mac_of(2)]
-    assert select(MEMBERSHIP, role="node") == [mac_of(1), mac_of(3)]
-    assert select(MEMBERSHIP, macs=[mac_of(9)]) == [mac_of(9)]  # as the operator says
+    assert targets(every=True) == "all" and targets(role="node") == "node"
+    assert targets(macs=[mac_of(9)]) == [mac_of(9)]
     for wrong in ({}, {"every": True, "macs": [mac_of(1)]}, {"role": "boss"}):
         with pytest.raises(ValueError):
-            select(MEMBERSHIP, **wrong)  # type: ignore[arg-type]
+            targets(**wrong)  # type: ignore[arg-type]
+    assert select(MEMBERSHIP, "all") == [mac_of(1), mac_of(2), mac_of(3)]
+    assert select(MEMBERSHIP, "master") == [mac_of(2)]
+    assert select(MEMBERSHIP, "node") == [mac_of(1), mac_of(3)]
+    assert select(MEMBERSHIP, [mac_of(9)]) == [mac_of(9)]  # as the operator says
     with pytest.raises(ValueError, match="no registered node"):
-        select(Membership((), None), every=True)
+        select(Membership((), None), "all")
 
 
 def test_rows_say_pending_until_an_outcome_comes() -> None:

@@ -33,6 +33,7 @@ from picluster.ganglia import Daemons
 from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import NodeIdentity, identify
 from picluster.master import Master
+from picluster.master.schedules import Schedules
 from picluster.node.facts import reported_facts
 from picluster.node.intake import Intake
 from picluster.node.ledger import Ledger, Storage
@@ -79,6 +80,7 @@ class Agent:
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
         self.daemons = Daemons(settings)
         self.master = Master(settings, self.repo, lambda: self.node, self.daemons)
+        self.schedules = Schedules(settings, self.repo, self.scheduler, self.trust.signers)
         self._stopping = threading.Event()
         self.is_master = False
         self.started = clock()
@@ -169,6 +171,7 @@ class Agent:
             self.outbox.flush()
             if self.is_master:
                 self.master.render()
+            self.schedules.sync(self.is_master)  # the signed schedules' jobs, while master
             self._ensure_daemons()
         except GitError as error:
             log.warning("poll failed, next one in %.0f s: %s", self.settings.poll_interval,
