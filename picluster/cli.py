@@ -39,7 +39,8 @@ from picluster.registry import (
     register,
     verify_registrations,
 )
-from picluster.revoke import Revocation, locate, revoke_ops
+from picluster.results import STATUSES, locate, tasks
+from picluster.revoke import Revocation, revoke_ops
 from picluster.schedules import (
     MIN_EVERY,
     Schedule,
@@ -50,7 +51,7 @@ from picluster.schedules import (
 )
 from picluster.settings import ConfigError, Settings
 from picluster.signing import SignatureError, public_key_of, signer_line
-from picluster.tasks import MAX_SECONDS, now_iso
+from picluster.tasks import MAX_SECONDS, Outcome, now_iso
 from picluster.timespec import iso, parse_duration, parse_moment
 from picluster.trust import Trust, TrustError
 from picluster.version import __version__
@@ -442,6 +443,116 @@ def revoke_command(
                       f"revocation ({outcome.status})", file=sys.stderr)
                 codes.add(EXIT_FAILED)
     raise typer.Exit(next((c for c in (EXIT_USAGE, EXIT_FAILED, EXIT_TIMEOUT) if c in codes), 0))
+
+
+@app.command("result")
+def result_command(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="The task's id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """A task's outcome, by id, from the repository.
+
+    Exit code: 0 ok, 1 failed (error, timeout, rejected, revoked), 2 no such task (or its
+    outcome expired), 3 still pending.
+    """
+    conf = settings(ctx)
+    try:
+        snapshot = open_repo(ctx).sync()
+    except GitError as error:
+        fail(str(error))
+    found = locate(snapshot, task_id) if layout.valid_task_id(task_id) else []
+    if not found:
+        fail(f"no task {task_id} in any queue (a mistyped id, or its outcome expired: "
+             f"outcomes are kept {conf.keep_outcomes / 86400:g} days by default)", EXIT_USAGE)
+    where = next((w for w in found if w.outcome is not None), found[0])
+    if where.outcome is None:
+        if as_json:
+            print_json({"id": task_id, "node": where.node, "status": "pending"})
+        else:
+            out.print(f"{task_id}: pending on {where.node}"
+                      + (" (revoked; its node has not acknowledged it yet)" if where.revoked
+                         else ""), highlight=False)
+        raise typer.Exit(EXIT_TIMEOUT)
+    outcome = where.outcome
+    if as_json:
+        print_json(json.loads(outcome.to_json()))
+    else:
+        _print_outcome(outcome)
+    raise typer.Exit(0 if outcome.status == "ok" else EXIT_FAILED)
+
+
+def _print_outcome(outcome: Outcome) -> None:
+    """An outcome for a person: what ran where, how it went, then its result (a
+    command's output as it was) or its error."""
+    facts = [("task", f"{outcome.task} {outcome.id}"), ("node", outcome.node),
+             ("status", outcome.status), ("producer", outcome.producer),
+             ("attempts", outcome.attempts or None), ("started", outcome.started_at),
+             ("finished", outcome.finished_at), ("error", outcome.error)]
+    for name, value in facts:
+        if value is not None:
+            out.print(f"{name + ':':10} {value}", highlight=False, soft_wrap=True)
+    result = outcome.result
+    if isinstance(result, dict) and {"stdout", "stderr", "exit_code"} <= result.keys():
+        out.print(f"{'exit code:':10} {result['exit_code']}", highlight=False)
+        for stream in ("stdout", "stderr"):
+            if result[stream]:
+                cut = f" (the last {result['cap_bytes']} of {result[stream + '_bytes']} " \
+                      "bytes)" if result.get(f"{stream}_truncated") else ""
+                out.print(f"--- {stream}{cut}", highlight=False)
+                out.out(result[stream], end="" if result[stream].endswith("\n") else "\n",
+                        highlight=False)
+    elif result is not None:
+        out.print("result:", highlight=False)
+        print_json(result)
+
+
+@app.command("tasks")
+def tasks_command(
+    ctx: typer.Context,
+    node: Annotated[list[str] | None, typer.Option(
+        help="Only this node's tasks (a MAC); repeat for several.")] = None,
+    status: Annotated[list[str] | None, typer.Option(
+        help=f"Only tasks with this status: {', '.join(STATUSES)}; repeat for several.")]
+    = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only tasks made since: a duration ago (e.g. 1h, 2d) or a time.")] = None,
+    limit: Annotated[int, typer.Option(
+        min=0, help="Show the newest this many (0: all).")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The tasks in the queues (pending, and the outcomes the repository keeps), oldest
+    first."""
+    try:
+        macs = [layout.normalize_mac(mac) for mac in node or []]
+        wanted = set(status or [])
+        if wanted - set(STATUSES):
+            raise ValueError(f"--status {', '.join(sorted(wanted - set(STATUSES)))}: use "
+                             f"{', '.join(STATUSES)}")
+        start = None
+        if since is not None:
+            try:
+                start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_duration(since))
+            except ValueError:
+                start = parse_moment(since)
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    try:
+        snapshot = open_repo(ctx).sync()
+    except GitError as error:
+        fail(str(error))
+    listed = tasks(snapshot, nodes=macs, statuses=wanted, since=start, limit=limit)
+    if as_json:
+        print_json(listed)
+        return
+    table = Table(title=f"{len(listed)} tasks")
+    for column in ("id", "node", "task", "status", "finished", "error"):
+        table.add_column(column, no_wrap=column in ("id", "node", "status"))
+    for row in listed:
+        table.add_row(row["id"], row["node"], row["task"] or "",
+                      Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")),
+                      row["finished_at"] or "", Text((row["error"] or "")[:60]))
+    out.print(table)
 
 
 @app.command("trust")

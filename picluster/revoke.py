@@ -19,11 +19,10 @@ from pathlib import Path
 
 from picluster import layout
 from picluster.gitstore import Create, Op, Snapshot
-from picluster.queue import outcome_of
 from picluster.signing import AllowedSigners, SignatureError, sign
-from picluster.tasks import Outcome, TaskError
+from picluster.tasks import TaskError
 
-__all__ = ["Located", "Revocation", "locate", "revocations", "revoke_ops"]
+__all__ = ["Revocation", "revocations", "revoke_ops"]
 
 log = logging.getLogger(__name__)
 
@@ -93,34 +92,3 @@ def revocations(snapshot: Snapshot, mac: str,
             continue
         found[revocation.id] = revocation
     return found, problems
-
-
-@dataclass(frozen=True)
-class Located:
-    """Where a task id is: its node, and its outcome once it has one."""
-
-    node: str
-    pending: bool  # its task file is still in the queue
-    outcome: Outcome | None
-    revoked: bool  # a revocation waits for the node
-
-
-def locate(snapshot: Snapshot, task_id: str) -> list[Located]:
-    """Every queue that holds task `task_id` (pending, or with an outcome)."""
-    found = []
-    for name in snapshot.listdir(layout.QUEUE_DIR):
-        try:
-            mac = layout.normalize_mac(name)
-        except ValueError:
-            continue
-        if mac != name:
-            continue
-        pending = snapshot.read(layout.pending_path(mac, task_id)) is not None
-        try:
-            outcome = outcome_of(snapshot, mac, task_id)
-        except (ValueError, TypeError):
-            outcome = Outcome(id=task_id, node=mac, status="unreadable")
-        revoked = snapshot.read(layout.revoked_path(mac, task_id)) is not None
-        if pending or outcome or revoked:
-            found.append(Located(mac, pending, outcome, revoked))
-    return found

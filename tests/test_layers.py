@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("version", "settings", "layout", "files", "proc", "retry", "timespec"),
     ("gitstore",),
     ("identity", "signing", "trust", "schema", "tasks", "registry", "queue", "broadcast",
-     "plugins", "revoke", "schedules"),
+     "plugins", "revoke", "schedules", "results"),
     ("ansible", "apply", "ganglia"),
     ("master",),
     ("node",),

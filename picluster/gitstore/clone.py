@@ -68,11 +68,14 @@ class Clone:
     """
 
     def __init__(self, url: str, path: Path, *, branch: str, writer: str,
-                 ssh_command: str | None = None) -> None:
+                 ssh_command: str | None = None, shallow: bool = False) -> None:
         self.url = url
         self.path = Path(path)
         self.branch = branch
         self.writer = writer
+        # Fetch the tip only (--depth 1): the clone stays small whatever the history holds;
+        # commits and pushes need no more than the tip they build on.
+        self.shallow = shallow
         self.env = environment(f"picluster {writer}", f"{writer}@picluster", ssh_command)
         self.lock = FileLock(str(self.path) + ".lock")
         self.mutex = threading.RLock()
@@ -129,8 +132,9 @@ class Clone:
         is gone.
         """
         refspecs = [f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}", *refs]
+        depth = ["--depth", "1"] if self.shallow else []
         try:
-            self.repo.git.fetch("--quiet", "--no-tags", "--no-write-fetch-head", "origin",
+            self.repo.git.fetch("--quiet", "--no-tags", "--no-write-fetch-head", *depth, "origin",
                                 *refspecs)
         except git.GitCommandError as error:
             if "couldn't find remote ref" in str(error.stderr):

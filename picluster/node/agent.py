@@ -33,6 +33,7 @@ from picluster.ganglia import Daemons
 from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import NodeIdentity, identify
 from picluster.master import Master
+from picluster.master.retention import Retention
 from picluster.master.schedules import Schedules
 from picluster.node.facts import reported_facts
 from picluster.node.intake import Intake
@@ -64,7 +65,8 @@ class Agent:
         self.catalogue = plugins.catalogue
         self.clock = clock
         self.node: NodeIdentity = identify(settings)
-        self.repo = ClusterRepo.from_settings(settings, self.node.mac)
+        # Shallow: the clone holds the tip, whatever the history (retention keeps it small).
+        self.repo = ClusterRepo.from_settings(settings, self.node.mac, shallow=True)
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.ssh_dir.mkdir(parents=True, exist_ok=True)
         self.huey = SqliteHuey("picluster", filename=str(settings.huey_db), results=False,
@@ -81,6 +83,7 @@ class Agent:
         self.daemons = Daemons(settings)
         self.master = Master(settings, self.repo, lambda: self.node, self.daemons)
         self.schedules = Schedules(settings, self.repo, self.scheduler, self.trust.signers)
+        self.retention = Retention(settings, self.repo)
         self._stopping = threading.Event()
         self.is_master = False
         self.started = clock()
@@ -172,6 +175,7 @@ class Agent:
             if self.is_master:
                 self.master.render()
             self.schedules.sync(self.is_master)  # the signed schedules' jobs, while master
+            self.retention.run_if_due(self.is_master)  # old outcomes out, on the master
             self._ensure_daemons()
         except GitError as error:
             log.warning("poll failed, next one in %.0f s: %s", self.settings.poll_interval,
