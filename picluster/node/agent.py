@@ -10,7 +10,8 @@
 *   ... and a flusher thread pushes outcomes, each with the removal of its pending file,
     in one commit per batch, then forgets them locally.
 *   While the node holds `master`, two more jobs knock on and ping the workers every
-    `ping_interval`, and the poll renders the views (picluster.master).
+    `ping_interval`, and the poll renders the views, keeps a job per signed schedule and
+    removes old outcomes (picluster.master).
 
 So a node that dies mid-task runs the task again after restart (tasks are idempotent),
 a task that finished never runs twice, and no outcome is lost.
