@@ -8,6 +8,7 @@ from helpers import Cluster, mac_of, run_cli, wait_until
 
 from picluster import layout
 from picluster.broadcast import parse_words, rows, select, targets
+from picluster.lab import Lab
 from picluster.registry import Member, Membership
 from picluster.tasks import Outcome, Task
 
@@ -109,3 +110,13 @@ def test_nodes_that_do_not_answer_in_time_exit_3(cluster: Cluster) -> None:
     assert both.returncode == 2 and "one of them" in both.stderr
     nobody = run_cli("enqueue", "--all", "echo", config=cluster.operator_config())
     assert nobody.returncode == 2 and "no registered node" in nobody.stderr
+
+
+@pytest.mark.lab
+def test_a_broadcast_to_every_lab_node_returns_a_row_per_node(lab: Lab) -> None:
+    done = run_cli("enqueue", "--all", "--wait", "120", "--json", "run", "--", "uname", "-n",
+                   config=lab.operator_config)
+    assert done.returncode == 0, done.stderr
+    table = json.loads(done.stdout)
+    assert sorted(row["node"] for row in table) == sorted(s.mac for s in lab.status())
+    assert {row["status"] for row in table} == {"ok"}
