@@ -132,10 +132,13 @@ class Clone:
         is gone.
         """
         refspecs = [f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}", *refs]
+        # Shallow: the tip only.  Its gc rewrites the `shallow` file, so it runs inside the
+        # fetch, under the clone's lock, not detached where it would race the next fetch.
+        shallow = ["-c", "gc.autoDetach=false"] if self.shallow else []
         depth = ["--depth", "1"] if self.shallow else []
         try:
-            self.repo.git.fetch("--quiet", "--no-tags", "--no-write-fetch-head", *depth, "origin",
-                                *refspecs)
+            self.repo.git.execute(["git", *shallow, "fetch", "--quiet", "--no-tags",
+                                   "--no-write-fetch-head", *depth, "origin", *refspecs])
         except git.GitCommandError as error:
             if "couldn't find remote ref" in str(error.stderr):
                 if refs:
