@@ -1,11 +1,12 @@
 """Task round trip and throughput against one real agent process.
 
-    python bench/task_roundtrip.py roundtrip [--tasks 100]
-    python bench/task_roundtrip.py throughput [--tasks 1000] [--batch 100]
+    python bench/task_roundtrip.py roundtrip [--tasks 100] [--task echo|run]
+    python bench/task_roundtrip.py throughput [--tasks 1000] [--batch 100] [--task echo|run]
 
 Round trip: one task at a time, from the producer's enqueue to the outcome visible in git
-to the producer (poll_interval = 1).  Throughput: echo tasks enqueued in batches; tasks/s
-from the first enqueue to the last outcome in git.
+to the producer (poll_interval = 1).  Throughput: tasks enqueued in batches; tasks/s
+from the first enqueue to the last outcome in git.  The task is `echo`, or `run` of
+`true` (a process per task).
 """
 
 from __future__ import annotations
@@ -24,32 +25,36 @@ from picluster.gitstore import ClusterRepo
 from picluster.queue import enqueue, make_task, outcome_of, wait_for
 
 NODE = "b827eb000001"
+ARGS = {"echo": {}, "run": {"argv": ["true"]}}
 
 
 def start_agent(root: Path, bare: Path) -> subprocess.Popen[bytes]:
     config = write_config(root / "node.conf", repo=bare, home=root / "node", mac=NODE,
-                          ip="198.18.0.11", poll_interval=1, master_grace=0)
+                          ip="198.18.0.11", poll_interval=1, master_grace=0,
+                          # every outcome stays: the observer counts them
+                          keep_outcomes_per_node=1_000_000)
     log = (root / "agent.log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "picluster", "--config", str(config),
                              "agent"], stdout=log, stderr=log)
 
 
-def roundtrip(root: Path, bare: Path, key: Path, count: int) -> dict[str, object]:
+def roundtrip(root: Path, bare: Path, key: Path, count: int, task: str) -> dict[str, object]:
     producer = ClusterRepo(str(bare), root / "producer" / "repo", writer="producer")
     producer.sync()
-    enqueue(producer, [make_task(NODE, "echo", {"warm": 1}, "operator")], key)  # warm-up
+    enqueue(producer, [make_task(NODE, task, dict(ARGS[task]), "operator")], key)  # warm-up
     latencies = []
-    for number in range(count):
+    for _ in range(count):
         started = now()
-        (task,) = enqueue(producer, [make_task(NODE, "echo", {"n": number}, "operator")], key)
-        assert wait_for(producer, [task], 60, interval=0.05)[task.id].status == "ok"
+        (job,) = enqueue(producer, [make_task(NODE, task, dict(ARGS[task]), "operator")], key)
+        assert wait_for(producer, [job], 60, interval=0.05)[job.id].status == "ok"
         latencies.append(now() - started)
     return {"tasks": count, "p50_s": round(percentile(latencies, 0.5), 3),
             "p95_s": round(percentile(latencies, 0.95), 3),
             "max_s": round(max(latencies), 3), "target_p50_s": 1.5}
 
 
-def throughput(root: Path, bare: Path, key: Path, count: int, batch: int) -> dict[str, object]:
+def throughput(root: Path, bare: Path, key: Path, count: int, batch: int,
+               task: str) -> dict[str, object]:
     producer = ClusterRepo(str(bare), root / "producer" / "repo", writer="producer")
     observer = ClusterRepo(str(bare), root / "observer" / "repo", writer="observer")
     observer.sync()
@@ -59,8 +64,8 @@ def throughput(root: Path, bare: Path, key: Path, count: int, batch: int) -> dic
 
     def produce() -> None:
         for first in range(0, count, batch):
-            tasks.extend(enqueue(producer, [make_task(NODE, "echo", {"n": n}, "operator")
-                                            for n in range(first, min(first + batch, count))],
+            tasks.extend(enqueue(producer, [make_task(NODE, task, dict(ARGS[task]), "operator")
+                                            for _ in range(first, min(first + batch, count))],
                                  key))
 
     thread = threading.Thread(target=produce)
@@ -84,6 +89,7 @@ def main() -> None:
     parser.add_argument("mode", choices=["roundtrip", "throughput"])
     parser.add_argument("--tasks", type=int)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--task", choices=sorted(ARGS), default="echo")
     parser.add_argument("--dir")
     args = parser.parse_args()
     with scratch(args.dir) as root:
@@ -91,13 +97,13 @@ def main() -> None:
         agent = start_agent(root, bare)
         try:
             if args.mode == "roundtrip":
-                result = roundtrip(root, bare, key, args.tasks or 100)
+                result = roundtrip(root, bare, key, args.tasks or 100, args.task)
             else:
-                result = throughput(root, bare, key, args.tasks or 1000, args.batch)
+                result = throughput(root, bare, key, args.tasks or 1000, args.batch, args.task)
         finally:
             agent.send_signal(signal.SIGINT)
             agent.wait(timeout=60)
-    emit({"benchmark": f"task_{args.mode}", **result})
+    emit({"benchmark": f"task_{args.mode}", "task": args.task, **result})
 
 
 if __name__ == "__main__":

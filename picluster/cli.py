@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
 from rich.console import Console
@@ -14,11 +16,21 @@ from rich.table import Table
 from rich.text import Text
 
 from picluster import layout
+from picluster.broadcast import (
+    Words,
+    missing_task,
+    parse_words,
+    reported_tasks,
+    rows,
+    select,
+    targets,
+)
 from picluster.ganglia import config_problems
-from picluster.gitstore import ClusterRepo, GitError, Put, Snapshot, init_bare
+from picluster.gitstore import ClusterRepo, GitError, Put, Remove, Snapshot, init_bare
 from picluster.healthfile import read_health, status_fields
 from picluster.identity import IdentityError, identify, writer_name
-from picluster.node import catalogue, reported_facts
+from picluster.node import installed, reported_facts
+from picluster.node.command import TASK as RUN
 from picluster.provision import DEFAULT_MOUNT, BootError, boot, prepare_boot
 from picluster.provision.wheels import DEFAULT_ARCH, DEFAULT_PYTHON, WHEELS_DIR
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
@@ -29,10 +41,21 @@ from picluster.registry import (
     register,
     verify_registrations,
 )
+from picluster.results import STATUSES, locate, tasks
+from picluster.revoke import Revocation, revoke_ops
+from picluster.schedules import (
+    MIN_EVERY,
+    Schedule,
+    last_run,
+    next_run,
+    read_schedules,
+    schedule_ops,
+)
 from picluster.settings import ConfigError, Settings
 from picluster.signing import SignatureError, public_key_of, signer_line
 from picluster.succession import successors
-from picluster.tasks import TaskError
+from picluster.tasks import MAX_SECONDS, Outcome, TaskError, now_iso
+from picluster.timespec import iso, parse_duration, parse_moment
 from picluster.trust import Trust, TrustError
 from picluster.version import __version__
 
@@ -166,56 +189,375 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
     return args
 
 
+def _task_request(words: list[str], arg: list[str] | None) -> tuple[Words, dict[str, Any]]:
+    """The nodes, task and arguments the words and --arg options name (a `run` task's
+    command as its argv); ValueError for what cannot be sent."""
+    request = parse_words(words)
+    args = _parse_args(arg or [])
+    if request.rest:
+        if request.task != RUN:
+            raise ValueError(f"only `{RUN}` takes a command after its name; give task "
+                             f"'{request.task}' its arguments with --arg key=value")
+        args["argv"] = list(request.rest)
+    return request, args
+
+
 @app.command("enqueue")
 def enqueue_command(
     ctx: typer.Context,
-    mac: Annotated[str, typer.Argument(help="The node that runs the task.")],
-    task: Annotated[str, typer.Argument(help="Task name, e.g. echo.")],
+    words: Annotated[list[str], typer.Argument(
+        metavar="[MAC...] TASK [-- CMD ARG...]",
+        help="The nodes (none with --all or --role), the task, e.g. echo, and for `run` "
+             "the command after --.")],
+    every: Annotated[bool, typer.Option(
+        "--all", help="One task for every registered node.")] = False,
+    role: Annotated[str | None, typer.Option(
+        help="One task for the master (master) or for every other node (node).")] = None,
     arg: Annotated[list[str] | None, typer.Option(
         "--arg", help="key=value argument (value parsed as JSON when it is JSON); repeat.")]
     = None,
     wait: Annotated[float | None, typer.Option(
-        help="Wait this many seconds for the outcome and print it.")] = None,
-    retries: Annotated[int, typer.Option(help="Retries after a failure.")] = 0,
+        help="Wait this many seconds for the outcomes and print them.")] = None,
+    delay: Annotated[str | None, typer.Option(
+        "--in", help="Run it this much later, e.g. 30s, 5m, 2h (an eta).")] = None,
+    at: Annotated[str | None, typer.Option(
+        help="Run it at this time, ISO 8601, e.g. 2026-11-25T03:00 (local) (an eta).")]
+    = None,
+    expires: Annotated[str | None, typer.Option(
+        help="Never run it after this: a duration from now (e.g. 1h) or a time.")] = None,
+    timeout: Annotated[str | None, typer.Option(
+        help="Stop it after this long, e.g. 30s; its outcome then says timeout.")] = None,
+    retries: Annotated[int, typer.Option(min=0, help="Retries after a failure.")] = 0,
+    retry_delay: Annotated[str | None, typer.Option(
+        help="Wait this long before the first retry, twice as long before each next.")]
+    = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Sign a task and commit it to queue/<mac>/; with --wait, print its outcome.
+    """Sign a task for each node named and commit them all to queue/<mac>/ in one commit;
+    with --wait, print the outcome (one node) or a table with a row per node.
 
-    Exit code with --wait: 0 ok, 1 the task failed or was rejected, 3 no outcome in time.
+    Exit code with --wait: 0 every task ok, 1 one failed or was rejected, 3 no outcome in
+    time; 2 bad input, such as arguments the task's schema refuses or a node that does
+    not run the task.
     """
     conf = settings(ctx)
     if conf.signing_key is None:
         fail(f"{conf.source}: key 'signing_key' is not set; point it at the private key "
              "whose public half is trusted (`picluster trust`)", EXIT_USAGE)
     try:
-        # Arguments the task's schema refuses never leave: exit 2, one line.
-        job = make_task(mac, task, _parse_args(arg or []), conf.signer, retries=retries,
-                        catalogue=catalogue)
+        request, args = _task_request(words, arg)
+        when = _timing(delay, at, expires, timeout, retry_delay)
+        if when.timeout is not None and request.task == RUN:
+            # `run` stops its command, process group and all, at its own timeout.
+            args.setdefault("timeout", when.timeout)
+            when = when._replace(timeout=None)
+        # Arguments the task's schema refuses never leave, when this side knows the task.
+        catalogue = installed().catalogue
+        known = request.task in catalogue.names()
+        if known:
+            catalogue.check(request.task, args)
     except ValueError as error:
         fail(str(error), EXIT_USAGE)
     repo = open_repo(ctx)
     try:
-        (job,) = enqueue(repo, [job], conf.signing_key)
+        membership, _ = _registrations(conf, repo.sync())
+    except GitError as error:
+        fail(str(error))
+    try:
+        macs = select(membership, targets(every=every, role=role, macs=request.macs))
+        # Nor a task that a node it goes to does not report it runs, ...
+        problems = missing_task(membership, macs, request.task)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ValueError(problems[0] + more)
+        # ... nor one that neither this side nor any of them knows.
+        if not known and all(reported_tasks(membership, mac) is None for mac in macs):
+            catalogue.check(request.task, args)
+        jobs = [replace(make_task(mac, request.task, args, conf.signer, eta=when.eta,
+                                  expires=when.expires, retries=retries),
+                        timeout=when.timeout, retry_delay=when.retry_delay) for mac in macs]
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    try:
+        jobs = enqueue(repo, jobs, conf.signing_key)
     except SignatureError as error:
         fail(str(error), EXIT_USAGE)
     except GitError as error:
         fail(str(error))
+    single = len(jobs) == 1 and not (every or role)
     if wait is None:
         if as_json:
-            print_json({"id": job.id, "node": job.node, "task": job.task})
+            listed = [{"id": j.id, "node": j.node, "task": j.task} for j in jobs]
+            print_json(listed[0] if single else listed)
         else:
-            out.print(job.id)
+            for job in jobs:
+                out.print(job.id if single else f"{job.node} {job.id}", highlight=False)
         return
     try:
-        outcome = wait_for(repo, [job], wait).get(job.id)
+        outcomes = wait_for(repo, jobs, wait)
     except GitError as error:
-        fail(f"task {job.id} is queued, but waiting for its outcome failed: {error}")
+        fail(f"{len(jobs)} tasks are queued, but waiting for their outcomes failed: {error}")
     except TaskError as error:
-        fail(f"task {job.id} has no readable outcome: {error}")
-    if outcome is None:
-        fail(f"no outcome for task {job.id} within {wait:g} s; it stays queued", EXIT_TIMEOUT)
-    print_json(json.loads(outcome.to_json()))
+        fail(f"{'task ' + jobs[0].id if single else 'a task'} has no readable outcome: {error}")
+    if single:
+        outcome = outcomes.get(jobs[0].id)
+        if outcome is None:
+            fail(f"no outcome for task {jobs[0].id} within {wait:g} s; it stays queued",
+                 EXIT_TIMEOUT)
+        print_json(json.loads(outcome.to_json()))
+        raise typer.Exit(0 if outcome.status == "ok" else EXIT_FAILED)
+    table = rows(jobs, outcomes, membership)
+    if as_json:
+        print_json(table)
+    else:
+        _print_rows(table)
+    statuses = {row["status"] for row in table}
+    raise typer.Exit(0 if statuses == {"ok"} else
+                     EXIT_TIMEOUT if statuses <= {"ok", "pending"} else EXIT_FAILED)
+
+
+class _Timing(NamedTuple):
+    eta: str | None
+    expires: str | None
+    timeout: float | None
+    retry_delay: float | None
+
+
+def _timing(delay: str | None, at: str | None, expires: str | None, timeout: str | None,
+            retry_delay: str | None) -> _Timing:
+    """The timing options of `enqueue` as task fields; ValueError names a bad one."""
+    now = dt.datetime.now(dt.UTC)
+    if delay is not None and at is not None:
+        raise ValueError("give --in or --at, not both")
+    eta = now + dt.timedelta(seconds=parse_duration(delay)) if delay is not None else \
+        parse_moment(at) if at is not None else None
+    until = None
+    if expires is not None:
+        try:
+            until = now + dt.timedelta(seconds=parse_duration(expires))
+        except ValueError:
+            until = parse_moment(expires)
+        if until <= (eta or now):
+            raise ValueError(f"--expires {expires} comes before the task may run")
+    seconds = {}
+    for option, text in (("--timeout", timeout), ("--retry-delay", retry_delay)):
+        seconds[option] = parse_duration(text) if text is not None else None
+        if (seconds[option] or 0) > MAX_SECONDS:
+            raise ValueError(f"{option} {text}: at most {MAX_SECONDS:g} seconds (a day)")
+    return _Timing(iso(eta) if eta else None, iso(until) if until else None,
+                   seconds["--timeout"], seconds["--retry-delay"])
+
+
+_STATUS_STYLE = {"ok": "green", "pending": "dim", "error": "red", "timeout": "red",
+                 "rejected": "red", "revoked": "yellow"}
+
+
+def _summary(row: dict[str, Any], width: int = 80) -> str:
+    """A row's result or error on one line: a command's output, else compact JSON."""
+    result = row["result"]
+    if row["error"] and not (isinstance(result, dict) and result.get("stdout", "").strip()):
+        text = row["error"]
+    elif isinstance(result, dict) and "stdout" in result:
+        text = result["stdout"].strip() or result.get("stderr", "").strip()
+    else:
+        text = json.dumps(result, ensure_ascii=False) if result is not None else ""
+    text = " ⏎ ".join(text.splitlines())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _print_rows(table: list[dict[str, Any]]) -> None:
+    """Outcomes, one row per node."""
+    view = Table()
+    for column in ("node", "hostname", "status", "seconds", "result or error"):
+        view.add_column(column)
+    for row in table:
+        seconds = "" if row["duration_s"] is None else f"{row['duration_s']:.2f}"
+        view.add_row(layout.format_mac(row["node"]), row["hostname"] or "",
+                     Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")), seconds,
+                     Text(_summary(row)))
+    out.print(view)
+    done = sum(row["status"] == "ok" for row in table)
+    out.print(f"{done} of {len(table)} ok", highlight=False)
+
+
+@app.command("revoke")
+def revoke_command(
+    ctx: typer.Context,
+    ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Task ids to revoke.")],
+    wait: Annotated[float | None, typer.Option(
+        help="Wait this many seconds for the nodes to acknowledge.")] = None,
+) -> None:
+    """Revoke pending tasks: a signed revocation beside each; its node never runs it and
+    its outcome says revoked (a task that already started runs to its end).
+
+    Exit code: 0 all revoked, 1 one had finished already (or, with --wait, was not
+    acknowledged as revoked), 2 an id no queue holds, 3 no acknowledgement in time.
+    """
+    conf = settings(ctx)
+    if conf.signing_key is None:
+        fail(f"{conf.source}: key 'signing_key' is not set; revocations are signed like "
+             "tasks", EXIT_USAGE)
+    repo = open_repo(ctx)
+    try:
+        snapshot = repo.sync()
+    except GitError as error:
+        fail(str(error))
+    wanted: list[Revocation] = []
+    codes: set[int] = set()
+    for task_id in dict.fromkeys(ids):
+        found = locate(snapshot, task_id) if layout.valid_task_id(task_id) else []
+        if not found:
+            print(f"picluster: no task {task_id} in any queue (a mistyped id, or its outcome "
+                  "expired)", file=sys.stderr)
+            codes.add(EXIT_USAGE)
+        for where in found:
+            if where.outcome is not None and where.outcome.status == "revoked":
+                out.print(f"{task_id}: revoked already (node {where.node})", highlight=False)
+            elif where.outcome is not None:
+                print(f"picluster: task {task_id} already finished on {where.node} "
+                      f"({where.outcome.status}); nothing to revoke", file=sys.stderr)
+                codes.add(EXIT_FAILED)
+            elif where.revoked:
+                out.print(f"{task_id}: revoked already; {where.node} has not acknowledged "
+                          "it yet", highlight=False)
+            else:
+                wanted.append(Revocation(task_id, where.node, now_iso(), conf.signer))
+    if wanted:
+        try:
+            repo.transact(revoke_ops(wanted, conf.signing_key),
+                          f"revoke {len(wanted)} tasks: {', '.join(r.id for r in wanted)}")
+        except SignatureError as error:
+            fail(str(error), EXIT_USAGE)
+        except GitError as error:
+            fail(str(error))
+    for revocation in wanted:
+        out.print(f"{revocation.id}: revoked (node {revocation.node})", highlight=False)
+    if wait is not None and wanted:
+        try:
+            outcomes = wait_for(repo, wanted, wait)  # type: ignore[arg-type]
+        except GitError as error:
+            fail(f"revoked, but waiting for the nodes failed: {error}")
+        for revocation in wanted:
+            outcome = outcomes.get(revocation.id)
+            if outcome is None:
+                print(f"picluster: node {revocation.node} did not acknowledge revoking "
+                      f"{revocation.id} within {wait:g} s", file=sys.stderr)
+                codes.add(EXIT_TIMEOUT)
+            elif outcome.status != "revoked":
+                print(f"picluster: task {revocation.id} ran before its node saw the "
+                      f"revocation ({outcome.status})", file=sys.stderr)
+                codes.add(EXIT_FAILED)
+    raise typer.Exit(next((c for c in (EXIT_USAGE, EXIT_FAILED, EXIT_TIMEOUT) if c in codes), 0))
+
+
+@app.command("result")
+def result_command(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="The task's id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """A task's outcome, by id, from the repository.
+
+    Exit code: 0 ok, 1 failed (error, timeout, rejected, revoked), 2 no such task (or its
+    outcome expired), 3 still pending.
+    """
+    conf = settings(ctx)
+    try:
+        snapshot = open_repo(ctx).sync()
+    except GitError as error:
+        fail(str(error))
+    found = locate(snapshot, task_id) if layout.valid_task_id(task_id) else []
+    if not found:
+        fail(f"no task {task_id} in any queue (a mistyped id, or its outcome expired: "
+             f"outcomes are kept {conf.keep_outcomes / 86400:g} days by default)", EXIT_USAGE)
+    where = next((w for w in found if w.outcome is not None), found[0])
+    if where.outcome is None:
+        if as_json:
+            print_json({"id": task_id, "node": where.node, "status": "pending"})
+        else:
+            out.print(f"{task_id}: pending on {where.node}"
+                      + (" (revoked; its node has not acknowledged it yet)" if where.revoked
+                         else ""), highlight=False)
+        raise typer.Exit(EXIT_TIMEOUT)
+    outcome = where.outcome
+    if as_json:
+        print_json(json.loads(outcome.to_json()))
+    else:
+        _print_outcome(outcome)
     raise typer.Exit(0 if outcome.status == "ok" else EXIT_FAILED)
+
+
+def _print_outcome(outcome: Outcome) -> None:
+    """An outcome for a person: what ran where, how it went, then its result (a
+    command's output as it was) or its error."""
+    facts = [("task", f"{outcome.task} {outcome.id}"), ("node", outcome.node),
+             ("status", outcome.status), ("producer", outcome.producer),
+             ("attempts", outcome.attempts or None), ("started", outcome.started_at),
+             ("finished", outcome.finished_at), ("error", outcome.error)]
+    for name, value in facts:
+        if value is not None:
+            out.print(f"{name + ':':10} {value}", highlight=False, soft_wrap=True)
+    result = outcome.result
+    if isinstance(result, dict) and {"stdout", "stderr", "exit_code"} <= result.keys():
+        out.print(f"{'exit code:':10} {result['exit_code']}", highlight=False)
+        for stream in ("stdout", "stderr"):
+            if result[stream]:
+                cut = f" (the last {result['cap_bytes']} of {result[stream + '_bytes']} " \
+                      "bytes)" if result.get(f"{stream}_truncated") else ""
+                out.print(f"--- {stream}{cut}", highlight=False)
+                out.out(result[stream], end="" if result[stream].endswith("\n") else "\n",
+                        highlight=False)
+    elif result is not None:
+        out.print("result:", highlight=False)
+        print_json(result)
+
+
+@app.command("tasks")
+def tasks_command(
+    ctx: typer.Context,
+    node: Annotated[list[str] | None, typer.Option(
+        help="Only this node's tasks (a MAC); repeat for several.")] = None,
+    status: Annotated[list[str] | None, typer.Option(
+        help=f"Only tasks with this status: {', '.join(STATUSES)}; repeat for several.")]
+    = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only tasks made since: a duration ago (e.g. 1h, 2d) or a time.")] = None,
+    limit: Annotated[int, typer.Option(
+        min=0, help="Show the newest this many (0: all).")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The tasks in the queues (pending, and the outcomes the repository keeps), oldest
+    first."""
+    try:
+        macs = [layout.normalize_mac(mac) for mac in node or []]
+        wanted = set(status or [])
+        if wanted - set(STATUSES):
+            raise ValueError(f"--status {', '.join(sorted(wanted - set(STATUSES)))}: use "
+                             f"{', '.join(STATUSES)}")
+        start = None
+        if since is not None:
+            try:
+                start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_duration(since))
+            except ValueError:
+                start = parse_moment(since)
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    try:
+        snapshot = open_repo(ctx).sync()
+    except GitError as error:
+        fail(str(error))
+    listed = tasks(snapshot, nodes=macs, statuses=wanted, since=start, limit=limit)
+    if as_json:
+        print_json(listed)
+        return
+    table = Table(title=f"{len(listed)} tasks")
+    for column in ("id", "node", "task", "status", "finished", "error"):
+        table.add_column(column, no_wrap=column in ("id", "node", "status"))
+    for row in listed:
+        table.add_row(row["id"], row["node"], row["task"] or "",
+                      Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")),
+                      row["finished_at"] or "", Text((row["error"] or "")[:60]))
+    out.print(table)
 
 
 @app.command("trust")
@@ -526,6 +868,133 @@ def mpirun_command(
     except MpiError as error:
         fail(str(error))
     raise typer.Exit(code)
+
+
+schedule_app = typer.Typer(help="Signed schedules: the master enqueues their tasks on a cron "
+                                "or interval trigger.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("add")
+def schedule_add_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The schedule's name, e.g. nightly-backup.")],
+    words: Annotated[list[str], typer.Argument(
+        metavar="[MAC...] TASK [-- CMD ARG...]",
+        help="The nodes (none with --all or --role), the task, and for `run` the command "
+             "after --.")],
+    cron: Annotated[str | None, typer.Option(
+        help="A crontab line in UTC: minute hour day month weekday, e.g. '0 3 * * *'.")]
+    = None,
+    every: Annotated[str | None, typer.Option(help="A period, e.g. 10m, 1h, 1d.")] = None,
+    all_nodes: Annotated[bool, typer.Option(
+        "--all", help="Every node registered at each run.")] = False,
+    role: Annotated[str | None, typer.Option(
+        help="The master (master) or every other node (node), at each run.")] = None,
+    arg: Annotated[list[str] | None, typer.Option(
+        "--arg", help="key=value argument (value parsed as JSON when it is JSON); repeat.")]
+    = None,
+    replace_existing: Annotated[bool, typer.Option(
+        "--replace", help="Replace a schedule of that name.")] = False,
+) -> None:
+    """Sign a schedule into local-vars/schedules/NAME.json: the master enqueues TASK for
+    the nodes named at each time the trigger gives (runs missed while no master was up
+    are one run).  Exit 2: bad input, such as a crontab line that is not one."""
+    conf = settings(ctx)
+    if conf.signing_key is None:
+        fail(f"{conf.source}: key 'signing_key' is not set; schedules are signed like tasks",
+             EXIT_USAGE)
+    try:
+        if (cron is None) == (every is None):
+            raise ValueError("give the schedule either --cron or --every")
+        period = parse_duration(every) if every is not None else None
+        if period is not None and period < MIN_EVERY:
+            raise ValueError(f"--every {every}: at least {MIN_EVERY:g} s")
+        request, args = _task_request(words, arg)
+        chosen = targets(every=all_nodes, role=role, macs=request.macs)
+        schedule = Schedule(name, request.task, args, chosen, cron, period, now_iso(),
+                            conf.signer).check()
+        catalogue = installed().catalogue
+        if request.task in catalogue.names():
+            catalogue.check(request.task, args)
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    repo = open_repo(ctx)
+    try:
+        membership = read_membership(repo.sync())
+        if request.task not in catalogue.names() and not any(
+                request.task in (reported_tasks(membership, m.mac) or {})
+                for m in membership.members):
+            fail(f"unknown task '{request.task}': neither this side nor any node reports it",
+                 EXIT_USAGE)
+        result = repo.transact(schedule_ops(schedule, conf.signing_key,
+                                            replace_existing=replace_existing),
+                               f"schedule {name}: {request.task} {schedule.describe()}")
+    except SignatureError as error:
+        fail(str(error), EXIT_USAGE)
+    except GitError as error:
+        fail(str(error))
+    if result.commit is None:
+        fail(f"schedule {name} exists; `picluster schedule remove {name}` first, or add "
+             "--replace", EXIT_USAGE)
+    out.print(f"schedule {name}: {request.task} {schedule.describe()} for "
+              f"{chosen if isinstance(chosen, str) else ', '.join(chosen)}", highlight=False)
+
+
+@schedule_app.command("list")
+def schedule_list_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The schedules in the repository: trigger, task, nodes, last and next run."""
+    try:
+        snapshot = open_repo(ctx).sync()
+    except GitError as error:
+        fail(str(error))
+    # Judged by the signers the repository lists; each master judges by those it trusts.
+    found, problems = read_schedules(snapshot, read_signers(snapshot))
+    now = dt.datetime.now(dt.UTC)
+    listed = []
+    for schedule in found:
+        last = last_run(snapshot, schedule.name)
+        listed.append({"name": schedule.name, "trigger": schedule.describe(),
+                       "task": schedule.task, "args": schedule.args,
+                       "targets": schedule.targets, "producer": schedule.producer,
+                       "last_run": iso(last) if last else None,
+                       "next_run": iso(next_run(schedule, last, now))})
+    if as_json:
+        print_json({"schedules": listed, "problems": problems})
+        return
+    table = Table(title=f"{len(listed)} schedules")
+    for column in ("name", "trigger", "task", "nodes", "args", "signer", "last run",
+                   "next run"):
+        table.add_column(column)
+    for row in listed:
+        targets = row["targets"]
+        table.add_row(row["name"], row["trigger"], row["task"],
+                      targets if isinstance(targets, str) else ", ".join(targets),
+                      Text(json.dumps(row["args"], ensure_ascii=False)), row["producer"],
+                      row["last_run"] or "never", row["next_run"])
+    out.print(table)
+    for problem in problems:
+        err.print(f"[yellow]problem:[/] {problem}", highlight=False)
+
+
+@schedule_app.command("remove")
+def schedule_remove_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The schedule to remove.")],
+) -> None:
+    """Remove a schedule (and the record of its last run); its master stops it at its next
+    poll.  Exit 2: no such schedule."""
+    try:
+        ops = [Remove(layout.schedule_path(name)), Remove(layout.schedule_run_path(name))]
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    try:
+        result = open_repo(ctx).transact(ops, f"remove schedule {name}")
+    except GitError as error:
+        fail(str(error))
+    if result.commit is None:
+        fail(f"no schedule {name}; `picluster schedule list` shows them", EXIT_USAGE)
+    out.print(f"removed schedule {name}", highlight=False)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "IP_DIR",
     "MASTER",
     "QUEUE_DIR",
+    "SCHEDULES_DIR",
     "facts_path",
     "format_mac",
     "ip_path",
@@ -26,6 +27,9 @@ __all__ = [
     "pending_path",
     "queue_dir",
     "registration_sig_path",
+    "revoked_path",
+    "schedule_path",
+    "schedule_run_path",
     "seed_files",
     "valid_hostname",
     "valid_task_id",
@@ -41,10 +45,12 @@ ALLOWED_SIGNERS = f"{LOCAL_VARS}/allowed_signers"
 ALLOWED_SIGNERS_SIG = f"{ALLOWED_SIGNERS}.sig"
 NODES_VARS = f"{LOCAL_VARS}/nodes"
 HEALTH = f"{LOCAL_VARS}/health.yml"  # what the master last saw of every node
+SCHEDULES_DIR = f"{LOCAL_VARS}/schedules"
 INVENTORY = "inventory"
 HOSTFILE = "hostfile"
 
 _MAC = re.compile(r"[0-9a-f]{12}")
+_SCHEDULE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _TASK_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,95}")
 # RFC 1123: labels of letters, digits and inner hyphens, up to 63 characters each.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -99,11 +105,32 @@ def pending_path(mac: str, task_id: str) -> str:
 
 
 def outcome_path(mac: str, name: str, status: str) -> str:
-    """Where a task's outcome goes: done/ for ran (ok or error), rejected/ for never ran."""
+    """Where a task's outcome goes: done/ for ran (ok, error, timeout), rejected/ for never
+    ran (rejected, revoked)."""
     if not valid_task_id(name):
         raise ValueError(f"'{name}' is not a valid task id")
-    folder = "rejected" if status == "rejected" else "done"
+    folder = "rejected" if status in ("rejected", "revoked") else "done"
     return f"{queue_dir(mac)}/{folder}/{name}.json"
+
+
+def revoked_path(mac: str, task_id: str) -> str:
+    """A signed revocation of the pending task `task_id`: the node never runs it."""
+    if not valid_task_id(task_id):
+        raise ValueError(f"'{task_id}' is not a valid task id")
+    return f"{queue_dir(mac)}/revoked/{task_id}.json"
+
+
+def schedule_path(name: str) -> str:
+    """A signed schedule: what the master enqueues, for whom, and when."""
+    if not _SCHEDULE.fullmatch(name) or ".." in name:
+        raise ValueError(f"'{name}' is not a schedule name: lower-case letters, digits, '.', "
+                         "'_' and '-', up to 64")
+    return f"{SCHEDULES_DIR}/{name}.json"
+
+
+def schedule_run_path(name: str) -> str:
+    """When the master last enqueued schedule `name`'s tasks (one ISO 8601 line)."""
+    return schedule_path(name).removesuffix(".json") + ".last"
 
 
 _README = """\
@@ -124,6 +151,8 @@ Every file is plain text: read it with `cat`, fix it with an editor, commit, pus
 | `local-vars/health.yml` | when the master last saw each node, by the master's clock |
 | `queue/<mac>/<id>.json` | a signed task waiting for that node |
 | `queue/<mac>/done/<id>.json` | its outcome; `rejected/` holds tasks that never ran, with why |
+| `queue/<mac>/revoked/<id>.json` | a signed revocation: the pending task never runs |
+| `local-vars/schedules/<name>.json` | a signed schedule the master enqueues tasks from |
 | `inventory`, `hostfile` | Ansible inventory and MPI hostfile, rendered by the master |
 """
 

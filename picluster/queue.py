@@ -16,7 +16,7 @@ from typing import Any
 
 from picluster import layout
 from picluster.bounded import LimitError
-from picluster.gitstore import ClusterRepo, Create, Snapshot
+from picluster.gitstore import ClusterRepo, Create, Op, Snapshot
 from picluster.signing import AllowedSigners, SignatureError, sign
 from picluster.tasks import (
     LIFETIME,
@@ -48,11 +48,13 @@ def make_task(node: str, name: str, args: dict[str, Any], producer: str, *,
                 retries=retries)
 
 
-def enqueue(repo: ClusterRepo, tasks: Sequence[Task], key: Path) -> list[Task]:
-    """Sign `tasks` with `key` and commit them, all in one commit; return the signed tasks."""
+def enqueue(repo: ClusterRepo, tasks: Sequence[Task], key: Path,
+            also: Sequence[Op] = ()) -> list[Task]:
+    """Sign `tasks` with `key` and commit them, all in one commit (with the ops `also`);
+    return the signed tasks."""
     signatures = sign([task.signed_bytes() for task in tasks], key)
     signed = [replace(task, signature=sig) for task, sig in zip(tasks, signatures, strict=True)]
-    ops = [Create(layout.pending_path(t.node, t.id), t.to_json()) for t in signed]
+    ops = [*(Create(layout.pending_path(t.node, t.id), t.to_json()) for t in signed), *also]
     names = ", ".join(sorted({t.task for t in signed}))
     nodes = ", ".join(sorted({t.node for t in signed}))
     message = (f"enqueue {signed[0].task} {signed[0].id} for {signed[0].node}" if len(signed) == 1

@@ -169,16 +169,19 @@ class IPv4(Rule):
 
 @dataclass(frozen=True, kw_only=True)
 class List(Rule):
-    """A list of at most `max_length` values, each one `item` allows."""
+    """A list of `min_length` to `max_length` values, each one `item` allows."""
 
     item: Rule
     max_length: int
+    min_length: int = 0
 
     def describe(self) -> str:
-        return f"a list of at most {self.max_length} items, each {self.item.describe()}"
+        least = f"at least {self.min_length} and " if self.min_length else ""
+        return f"a list of {least}at most {self.max_length} items, each {self.item.describe()}"
 
     def accepts(self, value: Any) -> list[Any]:
-        if not isinstance(value, list | tuple) or len(value) > self.max_length:
+        if not isinstance(value, list | tuple) or \
+                not self.min_length <= len(value) <= self.max_length:
             raise ValueError
         return value  # checked item by item in `check`, which names the item
 

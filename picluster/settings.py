@@ -70,7 +70,7 @@ def config_path(explicit: str | Path | None = None) -> Path:
 
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
                "false": False, "no": False, "off": False, "0": False}
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def _text(raw: str) -> str:
@@ -139,7 +139,8 @@ def _boolean(raw: str) -> bool:
 
 
 def _duration(*, zero: bool = False) -> Callable[[str], float]:
-    """Seconds: `30`, `30s`, `5m` or `1h`; finite, more than 0 (or 0 too, with `zero`)."""
+    """Seconds: `30`, `30s`, `5m`, `1h` or `7d`; finite, more than 0 (or 0 too, with
+    `zero`)."""
 
     def parse(raw: str) -> float:
         number, scale = raw, 1.0
@@ -255,6 +256,10 @@ class Settings:
         _whole(at_least=1), "consecutive failed pings before a node is pruned"))
     ping_timeout: float = field(default=5.0, metadata=_key(
         _duration(), "ssh ConnectTimeout of one ping"))
+    keep_outcomes: float = field(default=7 * 86400.0, metadata=_key(
+        _duration(), "the master removes outcomes older than this from the repository"))
+    keep_outcomes_per_node: int = field(default=1000, metadata=_key(
+        _whole(at_least=1), "and keeps at most this many outcomes per node, the newest"))
     log_level: str = field(default="info", metadata=_key(
         _choice("debug", "info", "warning", "error"), "how much the agent logs"))
     source: Path | None = field(default=None, compare=False)  # the file it was read from

@@ -6,6 +6,9 @@ A task file (``queue/<mac>/<id>.json``) is pretty-printed JSON a person can read
      "created_at": "...", "producer": "alice", "eta": null, "expires": null,
      "retries": 0, "signature": "-----BEGIN SSH SIGNATURE-----..."}
 
+`timeout` and `retry_delay` appear only when set, so a task without them reads (and
+signs) as it did before they existed.
+
 The signature covers every other field (canonical JSON), the node included, so a task
 cannot be replayed to another node.  A task expires at `expires`, or `LIFETIME` after
 `created_at` when it sets none; a node never runs it after that.  Only names in a node's
@@ -29,6 +32,7 @@ from picluster import layout
 from picluster.bounded import LimitError, load_json
 from picluster.gitstore import Op
 from picluster.schema import ArgError, Duration, Json, Schema
+from picluster.version import __version__
 
 __all__ = [
     "LIFETIME",
@@ -39,6 +43,8 @@ __all__ = [
     "Task",
     "TaskContext",
     "TaskError",
+    "TaskFailed",
+    "TaskTimedOut",
     "catalogue",
     "new_task_id",
     "now_iso",
@@ -46,8 +52,13 @@ __all__ = [
 
 _FIELDS = {"id": str, "node": str, "task": str, "args": dict, "created_at": str,
            "producer": str, "eta": (str, type(None)), "expires": (str, type(None)),
-           "retries": int, "signature": str}
-_OPTIONAL = {"eta", "expires", "retries"}  # may be absent: the dataclass defaults apply
+           "retries": int, "signature": str, "timeout": (int, float, type(None)),
+           "retry_delay": (int, float, type(None))}
+# May be absent: the dataclass defaults apply.
+_OPTIONAL = {"eta", "expires", "retries", "timeout", "retry_delay"}
+# Left out of the file and of what is signed while None (added after the others).
+_UNLESS_SET = ("timeout", "retry_delay")
+MAX_SECONDS = 86400.0  # the longest timeout or retry delay a task may ask for
 
 # How long a task may wait to run when it sets no `expires`: long enough for a node that
 # was off for a weekend, short enough that an old task file put back never runs.
@@ -61,6 +72,23 @@ _OUTCOME_DEPTH = 64
 
 class TaskError(ValueError):
     """A task file that cannot run; the message says where and how to fix it."""
+
+
+class TaskFailed(Exception):
+    """A task ran and failed, with a result worth keeping (a command's exit code and
+    output): its outcome is `status` with `result`, and the message as its error."""
+
+    status = "error"
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class TaskTimedOut(TaskFailed):
+    """A task stopped at its timeout: its outcome says "timeout"."""
+
+    status = "timeout"
 
 
 def now_iso() -> str:
@@ -90,16 +118,25 @@ class Task:
     expires: str | None = None
     retries: int = 0
     signature: str = ""
+    timeout: float | None = None  # seconds: then the outcome says "timeout"
+    retry_delay: float | None = None  # seconds before the first retry, doubling each time
+
+    def _fields(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in _UNLESS_SET:
+            if data[name] is None:
+                del data[name]
+        return data
 
     def signed_bytes(self) -> bytes:
         """What the signature covers: every field but the signature, canonical JSON."""
-        data = asdict(self)
+        data = self._fields()
         del data["signature"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(self._fields(), indent=2, ensure_ascii=False) + "\n"
 
     def expiry(self) -> dt.datetime:
         """When the task stops being worth running: `expires`, else `LIFETIME` after
@@ -148,6 +185,11 @@ class Task:
                                     "time, e.g. 2026-11-25T14:30:00Z") from None
         if task.retries < 0:
             raise TaskError(f"{path}: field 'retries' must be 0 or more")
+        for name, zero in (("timeout", False), ("retry_delay", True)):
+            value = getattr(task, name)
+            if value is not None and not (0 <= value <= MAX_SECONDS and (zero or value > 0)):
+                raise TaskError(f"{path}: field '{name}' must be "
+                                f"{'0' if zero else 'more than 0'} to {MAX_SECONDS:g} seconds")
         return task
 
 
@@ -157,7 +199,8 @@ class Outcome:
 
     id: str
     node: str
-    status: str  # "ok", "error" (ran and failed) or "rejected" (never ran)
+    # "ok"; "error" or "timeout" (ran and failed); "rejected" or "revoked" (never ran)
+    status: str
     task: str | None = None
     producer: str | None = None
     result: Any = None
@@ -216,6 +259,7 @@ TaskFunction = Callable[[dict[str, Any], TaskContext], Any]
 class _Entry:
     function: TaskFunction
     schema: Schema
+    version: str
 
 
 class Catalogue:
@@ -227,10 +271,12 @@ class Catalogue:
         self._tasks: dict[str, _Entry] = {
             name: entry for base in bases for name, entry in base._tasks.items()}
 
-    def task(self, name: str, schema: Schema) -> Callable[[TaskFunction], TaskFunction]:
-        """Register the decorated function as task `name`, taking what `schema` allows."""
+    def task(self, name: str, schema: Schema, version: str = __version__
+             ) -> Callable[[TaskFunction], TaskFunction]:
+        """Register the decorated function as task `name`, taking what `schema` allows;
+        `version` is what the node reports it runs (a plugin's: its package's)."""
         def decorator(function: TaskFunction) -> TaskFunction:
-            self._tasks[name] = _Entry(function, schema)
+            self._tasks[name] = _Entry(function, schema, version)
             return function
         return decorator
 
@@ -258,6 +304,10 @@ class Catalogue:
 
     def names(self) -> list[str]:
         return sorted(self._tasks)
+
+    def versions(self) -> dict[str, str]:
+        """Task name -> version: what a node reports it runs (in its facts)."""
+        return {name: self._tasks[name].version for name in self.names()}
 
 
 # The built-ins any catalogue starts from.

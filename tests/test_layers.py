@@ -12,10 +12,10 @@ PACKAGE = Path(picluster.__file__).resolve().parent
 
 # Lowest first.  A subpackage is one entry: everything in it shares its layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("version", "settings", "layout", "files", "proc", "retry", "bounded"),
+    ("version", "settings", "layout", "files", "proc", "retry", "bounded", "timespec"),
     ("gitstore",),
     ("identity", "signing", "trust", "schema", "tasks", "registry", "queue", "succession",
-     "healthfile"),
+     "healthfile", "broadcast", "plugins", "revoke", "schedules", "results"),
     ("ansible", "apply", "ganglia", "mpi"),
     ("master",),
     ("node",),

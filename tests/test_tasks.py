@@ -51,3 +51,30 @@ def test_ids_sort_by_time_and_builtins_exist() -> None:
     first, second = new_task_id(), new_task_id()
     assert first < second
     assert {"echo", "register", "sleep"} <= set(catalogue.names())
+
+
+def test_timeout_and_retry_delay_appear_only_when_set() -> None:
+    plain = Task.from_json(json.dumps(GOOD), "x")
+    assert "timeout" not in plain.to_json() and b"retry_delay" not in plain.signed_bytes()
+    timed = Task.from_json(json.dumps({**GOOD, "timeout": 5, "retry_delay": 0.5}), "x")
+    assert timed.timeout == 5 and timed.retry_delay == 0.5
+    assert json.loads(timed.signed_bytes())["timeout"] == 5
+    assert Task.from_json(timed.to_json(), "x") == timed
+
+
+@pytest.mark.parametrize(("field", "value", "words"), [
+    ("timeout", 0, "'timeout' must be more than 0 to 86400"),
+    ("timeout", 1e9, "'timeout' must be more than 0 to 86400"),
+    ("retry_delay", -1, "'retry_delay' must be 0 to 86400"),
+    ("timeout", "5", "field 'timeout' has the wrong type"),
+])
+def test_timeout_and_retry_delay_are_bounded(field: str, value: object, words: str) -> None:
+    with pytest.raises(TaskError, match=words):
+        Task.from_json(json.dumps({**GOOD, field: value}), "x")
+
+
+def test_revoked_outcomes_go_with_the_rejected() -> None:
+    revoked = Outcome(id="t1", node="b827eb000001", status="revoked")
+    assert revoked.path() == "queue/b827eb000001/rejected/t1.json"
+    assert Outcome(id="t1", node="b827eb000001", status="timeout").path() == \
+        "queue/b827eb000001/done/t1.json"

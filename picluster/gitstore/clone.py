@@ -78,11 +78,14 @@ class Clone:
     """
 
     def __init__(self, url: str, path: Path, *, branch: str, writer: str,
-                 ssh_command: str | None = None) -> None:
+                 ssh_command: str | None = None, shallow: bool = False) -> None:
         self.url = url
         self.path = Path(path)
         self.branch = branch
         self.writer = writer
+        # Fetch the tip only (--depth 1): the clone stays small whatever the history holds;
+        # commits and pushes need no more than the tip they build on.
+        self.shallow = shallow
         self.env = environment(f"picluster {writer}", f"{writer}@picluster", ssh_command)
         self.lock = FileLock(str(self.path) + ".lock")
         self.mutex = threading.RLock()
@@ -144,9 +147,13 @@ class Clone:
     def _fetch(self, refs: Sequence[str], doing: str) -> str:
         seen = self._tracking_tip()
         refspecs = [f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}", *refs]
+        # Shallow: the tip only.  Its gc rewrites the `shallow` file, so it runs inside the
+        # fetch, under the clone's lock, not detached where it would race the next fetch.
+        shallow = ["-c", "gc.autoDetach=false"] if self.shallow else []
+        depth = ["--depth", "1"] if self.shallow else []
         try:
-            self.repo.git.fetch("--quiet", "--no-tags", "--no-write-fetch-head", "origin",
-                                *refspecs)
+            self.repo.git.execute(["git", *shallow, "fetch", "--quiet", "--no-tags",
+                                   "--no-write-fetch-head", *depth, "origin", *refspecs])
         except git.GitCommandError as error:
             if refs and "couldn't find remote ref" in str(error.stderr) \
                     and f"refs/heads/{self.branch}" not in str(error.stderr):

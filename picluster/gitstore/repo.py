@@ -53,10 +53,10 @@ class ClusterRepo:
 
     def __init__(self, url: str, clone_dir: Path, *, branch: str = "main",
                  writer: str = "picluster", ssh_command: str | None = None,
-                 deadline: float = 120.0) -> None:
+                 deadline: float = 120.0, shallow: bool = False) -> None:
         self.deadline = deadline
         self._clone = Clone(url, clone_dir, branch=branch, writer=writer,
-                            ssh_command=ssh_command)
+                            ssh_command=ssh_command, shallow=shallow)
         # One writer at a time: the clone's file lock keeps other processes out, this
         # lock this process's other threads (sync() is a writer: it moves the tracking
         # ref).  Reading a Snapshot takes neither, so it never waits for a writer's
@@ -65,11 +65,12 @@ class ClusterRepo:
         self._guard: Guard | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, writer: str) -> ClusterRepo:
+    def from_settings(cls, settings: Settings, writer: str, *,
+                      shallow: bool = False) -> ClusterRepo:
         """The clone a node (or a CLI on it) uses: `settings.clone_dir`, over ssh when the
-        URL needs it."""
+        URL needs it; `shallow` fetches the tip only (a node's agent)."""
         return cls(settings.repo, settings.clone_dir, branch=settings.branch, writer=writer,
-                   ssh_command=settings.ssh_command())
+                   ssh_command=settings.ssh_command(), shallow=shallow)
 
     def guarded(self, guard: Guard) -> ClusterRepo:
         """This clone, writing only where `guard` passes: every change becomes
@@ -122,7 +123,8 @@ class ClusterRepo:
             return self._clone.snapshot(self._clone.remote_tip())
 
     def log(self, path: str | None = None, limit: int = 20) -> list[dict[str, str]]:
-        """Recent commits on the remote tip (optionally touching `path`), newest first."""
+        """Recent commits on the remote tip (optionally touching `path`), newest first; a
+        shallow clone knows only the commits it fetched."""
         return self._clone.log(path, limit)
 
     # -- writing -----------------------------------------------------------------------

@@ -10,9 +10,9 @@ on first use, so the facts and the catalogue stay light to import.
 from typing import Any
 
 from picluster.node.facts import reported_facts
-from picluster.node.tasks import catalogue
+from picluster.node.tasks import catalogue, installed
 
-__all__ = ["Agent", "catalogue", "reported_facts"]
+__all__ = ["Agent", "catalogue", "installed", "reported_facts"]
 
 
 def __getattr__(name: str) -> Any:

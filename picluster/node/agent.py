@@ -10,9 +10,10 @@
 *   ... and a flusher thread pushes outcomes, each with the removal of its pending file,
     in one commit per batch, then forgets them locally.
 *   While the node holds `master`, two more jobs knock on and ping the workers every
-    `ping_interval`, and the poll renders the views (picluster.master).  Every node moves
-    its beacon (`beat`); every other node watches the master's (`watch`) and takes
-    `master` over when it is its turn (picluster.master.takeover).
+    `ping_interval`, and the poll renders the views, keeps a job per signed schedule and
+    removes old outcomes (picluster.master).  Every node moves its beacon (`beat`); every
+    other node watches the master's (`watch`) and takes `master` over when it is its turn
+    (picluster.master.takeover).
 
 So a node that dies mid-task runs the task again after restart (tasks are idempotent),
 a task that finished never runs twice, and no outcome is lost.
@@ -35,15 +36,19 @@ from picluster.ganglia import Daemons
 from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import NodeIdentity, identify
 from picluster.master import Master, Succession
+from picluster.master.retention import Retention
+from picluster.master.schedules import Schedules
 from picluster.node.facts import reported_facts
 from picluster.node.intake import Intake
 from picluster.node.ledger import Ledger, Storage
 from picluster.node.outbox import Outbox
-from picluster.node.tasks import catalogue
+from picluster.node.tasks import installed
+from picluster.node.timeout import within
+from picluster.plugins import Plugins
 from picluster.registry import register
 from picluster.retry import retry
 from picluster.settings import Settings
-from picluster.tasks import Catalogue, Outcome, Task, TaskContext, now_iso
+from picluster.tasks import Catalogue, Outcome, Task, TaskContext, TaskFailed, now_iso
 from picluster.trust import Trust
 
 __all__ = ["Agent"]
@@ -55,13 +60,16 @@ class Agent:
     """Everything `picluster agent` runs.  `run()` blocks until SIGINT (graceful: running
     tasks finish and their outcomes are pushed) or SIGTERM."""
 
-    def __init__(self, settings: Settings, tasks: Catalogue = catalogue,
+    def __init__(self, settings: Settings, tasks: Catalogue | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.settings = settings
-        self.catalogue = tasks
+        # The built-ins and the installed packages' tasks, unless told otherwise.
+        plugins = installed() if tasks is None else Plugins(tasks)
+        self.catalogue = plugins.catalogue
         self.clock = clock
         self.node: NodeIdentity = identify(settings)
-        self.repo = ClusterRepo.from_settings(settings, self.node.mac)
+        # Shallow: the clone holds the tip, whatever the history (retention keeps it small).
+        self.repo = ClusterRepo.from_settings(settings, self.node.mac, shallow=True)
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.ssh_dir.mkdir(parents=True, exist_ok=True)
         self.huey = SqliteHuey("picluster", filename=str(settings.huey_db), results=False,
@@ -71,14 +79,16 @@ class Agent:
         self.outbox = Outbox(self.ledger, self.repo, self.node.mac)
         self.trust = Trust(settings)
         self.trust.install_anchor()  # TrustError: the card's anchor cannot be used
-        self.intake = Intake(self.huey, execute, self.repo, self.node.mac, tasks, self.ledger,
-                             self.outbox, self.trust.signers)
-        self._facts = functools.partial(reported_facts, settings)
+        self.intake = Intake(self.huey, execute, self.repo, self.node.mac, self.catalogue,
+                             self.ledger, self.outbox, self.trust.signers)
+        self._facts = functools.partial(reported_facts, settings, plugins)
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
         self.daemons = Daemons(settings)
         self.master = Master(settings, self.repo, lambda: self.node, self.daemons)
         self.succession = Succession(settings, self.repo, lambda: self.node,
                                      self.master.members)
+        self.schedules = Schedules(settings, self.repo, self.scheduler, self.trust.signers)
+        self.retention = Retention(settings, self.repo)
         self._stopping = threading.Event()
         self._scheduling = threading.Lock()  # the poll and the watch both follow the role
         self.is_master = False
@@ -179,6 +189,8 @@ class Agent:
             self.outbox.flush()
             if self.is_master:
                 self.master.render()
+            self.schedules.sync(self.is_master)  # the signed schedules' jobs, while master
+            self.retention.run_if_due(self.is_master)  # old outcomes out, on the master
             self._ensure_daemons()
         except GitError as error:
             log.warning("poll failed, next one in %.0f s: %s", self.settings.poll_interval,
@@ -213,15 +225,19 @@ class Agent:
         try:
             if function is None:
                 raise LookupError(f"task '{job.task}' left the catalogue")
-            outcome.result = function(job.args, context)
+            outcome.result = within(job.timeout, lambda: function(job.args, context))
             json.dumps(outcome.result)
         except Exception as error:
             if task is not None and task.retries > 0:
                 log.warning("task %s failed (%s); %d retries left", job.id, error, task.retries)
                 raise
             log.warning("task %s failed: %s: %s", job.id, type(error).__name__, error)
-            outcome.status, outcome.result = "error", None
-            outcome.error = f"{type(error).__name__}: {error}"
+            if isinstance(error, TaskFailed):  # it ran, and has a result to keep
+                outcome.status, outcome.result, outcome.error = error.status, error.result, \
+                    str(error)
+            else:
+                outcome.status, outcome.result = "error", None
+                outcome.error = f"{type(error).__name__}: {error}"
             context.ops.clear()
         outcome.finished_at = now_iso()
         self.outbox.store(outcome, pending_path, context.ops)

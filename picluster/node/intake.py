@@ -17,6 +17,7 @@ from picluster import layout
 from picluster.gitstore import ClusterRepo, Snapshot
 from picluster.node.ledger import STORE_ERRORS, Ledger
 from picluster.node.outbox import Outbox
+from picluster.node.revoking import Revoker
 from picluster.queue import scan
 from picluster.signing import AllowedSigners
 from picluster.tasks import Catalogue, Task, parse_time
@@ -38,6 +39,7 @@ class Intake:
         self._catalogue, self._ledger, self._outbox = catalogue, ledger, outbox
         self._signers = signers  # the signers this node trusts, after a look at a snapshot
         self._interrupted: set[str] = set()  # marked queued, but lost from huey by a crash
+        self._revoker = Revoker(huey, outbox, mac)
 
     def take(self) -> int:
         """Move new tasks from the last synced snapshot into huey; store rejections in the
@@ -56,8 +58,9 @@ class Intake:
             except STORE_ERRORS:
                 return 0  # logged by the store
             count = 0
-            for pending in scan(snapshot, self._mac, self._catalogue, queued | done,
-                                signers=self._signers(snapshot)):
+            signers = self._signers(snapshot)
+            found = scan(snapshot, self._mac, self._catalogue, queued | done, signers=signers)
+            for pending in self._revoker.sift(snapshot, signers, found, queued):
                 if pending.rejection is not None:
                     log.warning("rejected %s", pending.rejection.error)
                     self._outbox.store(pending.rejection, pending.path, [])
@@ -73,7 +76,9 @@ class Intake:
     def _queue(self, task: Task, path: str) -> bool:
         eta = parse_time(task.eta) if task.eta else None
         message = self._huey.serialize_task(self._execute.s(
-            task.to_json(), path, id=task.id, eta=eta, retries=task.retries))
+            task.to_json(), path, id=task.id, eta=eta, retries=task.retries,
+            # Retries wait retry_delay, then twice as long each time.
+            retry_delay=task.retry_delay or 0, retry_backoff=2 if task.retry_delay else 0))
         if not self._ledger.queue(task.id, message, task.expiry(),
                                   again=task.id in self._interrupted):
             return False

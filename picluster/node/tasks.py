@@ -1,18 +1,21 @@
-"""The catalogue a node runs: the built-ins, `register` and Ganglia's `ganglia`."""
+"""The catalogue a node runs: the built-ins, `register`, `run` and Ganglia's `ganglia`, and
+(`installed`) the tasks installed packages add."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from picluster import ganglia, tasks
+from picluster import ganglia, plugins, tasks
 from picluster.identity import identify
+from picluster.node import command
 from picluster.registry import registration_ops
 from picluster.schema import Schema
 from picluster.tasks import Catalogue, TaskContext
 
-__all__ = ["catalogue"]
+__all__ = ["catalogue", "installed"]
 
-catalogue = Catalogue(tasks.catalogue, ganglia.catalogue)
+catalogue = Catalogue(tasks.catalogue, ganglia.catalogue, command.catalogue)
 
 
 @catalogue.task("register", Schema())
@@ -21,3 +24,10 @@ def register(args: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     node = identify(context.settings)
     context.include(registration_ops(node, context.facts(), key=context.settings.ssh_key))
     return {"mac": node.mac, "ip": node.ip}
+
+
+@functools.cache
+def installed() -> plugins.Plugins:
+    """`catalogue` and the tasks of the installed packages (`picluster.plugins`), loaded
+    once per process."""
+    return plugins.load(catalogue)

@@ -183,7 +183,7 @@ def join(settings: Settings, *, timeout: float | None = None) -> Registration:
 
     def attempt() -> Registration:
         node = identify(settings)
-        repo = ClusterRepo.from_settings(settings, node.mac)
+        repo = ClusterRepo.from_settings(settings, node.mac, shallow=True)
         if deadline is not None:  # git's own retries end when boot's do
             repo.deadline = max(deadline - time.monotonic(), 0.0)
         registration = register(repo, node, reported_facts(settings),
