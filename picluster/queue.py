@@ -1,6 +1,6 @@
 """The task queue in git: producers write signed task files, nodes read their own.
 
-Producer side: `enqueue` signs and commits tasks, `wait_for` polls for their outcomes.
+Producer side: `enqueue` signs and commits tasks, `wait_for` watches for their outcomes.
 Node side: `scan` reads ``queue/<mac>/`` and sorts each pending file into a task that may
 run or a rejection that says why it never will.
 """
@@ -54,22 +54,29 @@ def outcome_of(snapshot: Snapshot, mac: str, task_id: str) -> Outcome | None:
 
 
 def wait_for(repo: ClusterRepo, tasks: Iterable[Task], timeout: float,
-             interval: float = 0.25) -> dict[str, Outcome]:
-    """Poll git until every task has an outcome or `timeout` passes; return those found."""
+             interval: float = 0.1) -> dict[str, Outcome]:
+    """Watch git until every task has an outcome or `timeout` passes; return those found.
+
+    Cheaply: an `ls-remote` every `interval`, and a fetch only when main moved."""
     waiting = {t.id: t.node for t in tasks}
     found: dict[str, Outcome] = {}
     deadline = time.monotonic() + timeout
-    while waiting:
-        snapshot = repo.sync()
+    snapshot = repo.sync()
+    while True:
         for task_id, mac in list(waiting.items()):
             outcome = outcome_of(snapshot, mac, task_id)
             if outcome is not None:
                 found[task_id] = outcome
                 del waiting[task_id]
-        if not waiting or time.monotonic() + interval > deadline:
-            break
-        time.sleep(interval)
-    return found
+        if not waiting:
+            return found
+        tip = snapshot.commit
+        while tip == snapshot.commit:
+            if time.monotonic() + interval > deadline:
+                return found
+            time.sleep(interval)
+            tip = repo.ls_remote()
+        snapshot = repo.sync()
 
 
 @dataclass(frozen=True)
