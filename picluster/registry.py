@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from picluster import layout
+from picluster import layout, wakeup
 from picluster.gitstore import ClusterRepo, Create, Op, Put, Remove, Snapshot
 from picluster.identity import NodeIdentity
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _HOST_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*")
 _PLAIN = {"name": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
           "ssh_user": re.compile(r"[a-z_][a-z0-9_-]{0,31}")}
+_RANGES = {"wakeup_port": range(0, 65536)}  # 0: off
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,8 @@ class ClusterVars:
     ssh_user: str = "root"
     # The `ganglia:` section as written; picluster.ganglia checks it, with its defaults.
     ganglia: dict[str, object] = field(default_factory=dict)
+    # UDP port of wake-ups (picluster.wakeup); 0 turns them off and nodes keep to polling.
+    wakeup_port: int = wakeup.PORT
     problems: tuple[str, ...] = ()
 
 
@@ -173,7 +176,8 @@ def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
                                                    "defaults apply until it is fixed"),))
     data = data if isinstance(data, dict) else {}
     ganglia = data.get("ganglia") if isinstance(data.get("ganglia"), dict) else {}
-    values = {"name": data.get("name"), "ssh_user": data.get("ssh_user")}
+    values = {"name": data.get("name"), "ssh_user": data.get("ssh_user"),
+              "wakeup_port": data.get("wakeup_port")}
     defaults = ClusterVars()
     chosen: dict[str, object] = {}
     for key, value in values.items():
@@ -187,6 +191,11 @@ def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
         if key in _PLAIN and not _PLAIN[key].fullmatch(value):
             problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be a plain name "
                             f"({_PLAIN[key].pattern}), not {value!r}; using {default!r}")
+            continue
+        if key in _RANGES and value not in _RANGES[key]:
+            problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be between "
+                            f"{_RANGES[key].start} and {_RANGES[key].stop - 1}, not {value}; "
+                            f"using {default!r}")
             continue
         chosen[key] = value
     return ClusterVars(**chosen, ganglia=ganglia,  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ PACKAGE = Path(picluster.__file__).resolve().parent
 LAYERS: list[tuple[str, ...]] = [
     ("version", "settings", "layout", "files", "proc", "retry"),
     ("gitstore",),
-    ("identity", "signing", "tasks", "registry", "queue"),
+    ("identity", "signing", "tasks", "registry", "queue", "wakeup"),
     ("ansible", "apply", "ganglia"),
     ("master",),
     ("node",),
