@@ -1,6 +1,7 @@
 """The task queue in git: producers write signed task files, nodes read their own.
 
-Producer side: `enqueue` signs and commits tasks, `wait_for` watches for their outcomes.
+Producer side: `enqueue` signs and commits tasks and wakes their nodes, `wait_for` watches
+for their outcomes.
 Node side: `scan` reads ``queue/<mac>/`` and sorts each pending file into a task that may
 run or a rejection that says why it never will.
 """
@@ -14,8 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from picluster import layout
+from picluster import layout, wakeup
 from picluster.gitstore import ClusterRepo, Create, Snapshot
+from picluster.registry import read_cluster_vars
 from picluster.signing import AllowedSigners, SignatureError, sign
 from picluster.tasks import Catalogue, Outcome, Task, TaskError, new_task_id, now_iso, parse_time
 
@@ -33,7 +35,8 @@ def make_task(node: str, name: str, args: dict[str, Any], producer: str, *,
 
 
 def enqueue(repo: ClusterRepo, tasks: Sequence[Task], key: Path) -> list[Task]:
-    """Sign `tasks` with `key` and commit them, all in one commit; return the signed tasks."""
+    """Sign `tasks` with `key` and commit them, all in one commit, then wake their nodes;
+    return the signed tasks."""
     signatures = sign([task.signed_bytes() for task in tasks], key)
     signed = [replace(task, signature=sig) for task, sig in zip(tasks, signatures, strict=True)]
     ops = [Create(layout.pending_path(t.node, t.id), t.to_json()) for t in signed]
@@ -42,6 +45,10 @@ def enqueue(repo: ClusterRepo, tasks: Sequence[Task], key: Path) -> list[Task]:
     message = (f"enqueue {signed[0].task} {signed[0].id} for {signed[0].node}" if len(signed) == 1
                else f"enqueue {len(signed)} tasks ({names}) for {nodes}")
     repo.transact(ops, message)
+    # Each node at the IP it has on the tip the tasks landed on.
+    snapshot = repo.snapshot()
+    wakeup.send(snapshot, sorted({t.node for t in signed}),
+                read_cluster_vars(snapshot).wakeup_port)
     return signed
 
 

@@ -249,7 +249,8 @@ def register(repo: ClusterRepo, node: NodeIdentity, facts: dict[str, object] | N
              *, designated: bool = False) -> Registration:
     """Register `node` (the seed's ip2file + up2git + master check) and push."""
     result = repo.transact(registration_ops(node, facts), f"register {node.mac} at {node.ip}")
-    master, problem = read_master(repo.snapshot())
+    snapshot = repo.snapshot()
+    master, problem = read_master(snapshot)
     if problem:
         log.warning("%s", problem)
     if designated and master != node.mac:
@@ -260,4 +261,8 @@ def register(repo: ClusterRepo, node: NodeIdentity, facts: dict[str, object] | N
     # `changed` was judged when the change was sent; whether its claim of `master` won
     # is only known now.
     changed = tuple(p for p in result.changed if p != layout.MASTER or master == node.mac)
+    if result.commit and master not in (None, node.mac):
+        # A join or a move reaches the master's views now, not at its next poll.
+        wakeup.send(snapshot, [master], read_cluster_vars(snapshot).wakeup_port,
+                    source=node.ip)
     return Registration(node.mac, node.ip, master, changed, result.commit, result.attempts)
