@@ -9,6 +9,8 @@
     in one commit per batch, then forgets them locally.
 *   While the node holds `master`, two more jobs knock on and ping the workers every
     `ping_interval`, and the poll renders the views (picluster.master).
+*   A wake-up (picluster.wakeup) brings the poll forward when the remote moved: a task
+    runs, a join reaches the master's views, within a round trip, whatever the interval.
 
 So a node that dies mid-task runs the task again after restart (tasks are idempotent),
 a task that finished never runs twice, and no outcome is lost.
@@ -27,16 +29,18 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from huey import SqliteHuey
 
+from picluster import wakeup
 from picluster.ganglia import Daemons
 from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import NodeIdentity, identify
 from picluster.master import Master
 from picluster.node.facts import reported_facts
 from picluster.node.intake import Intake
-from picluster.node.ledger import Ledger, Storage
+from picluster.node.ledger import Ledger
 from picluster.node.outbox import Outbox
+from picluster.node.prompt import PromptStorage
 from picluster.node.tasks import catalogue
-from picluster.registry import register
+from picluster.registry import read_cluster_vars, register
 from picluster.retry import retry
 from picluster.settings import Settings
 from picluster.tasks import Catalogue, Outcome, Task, TaskContext, now_iso
@@ -60,10 +64,10 @@ class Agent:
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.ssh_dir.mkdir(parents=True, exist_ok=True)
         self.huey = SqliteHuey("picluster", filename=str(settings.huey_db), results=False,
-                               storage_class=Storage)
+                               storage_class=PromptStorage)
         execute = self.huey.task(context=True, name="picluster.execute")(self._run_task)
         self.ledger = Ledger(self.huey.storage)
-        self.outbox = Outbox(self.ledger, self.repo, self.node.mac)
+        self.outbox = Outbox(self.ledger, self.repo, self.node.mac, pushed=self._wake_master)
         self.intake = Intake(self.huey, execute, self.repo, self.node.mac, tasks, self.ledger,
                              self.outbox)
         self._facts = functools.partial(reported_facts, settings)
@@ -72,7 +76,11 @@ class Agent:
         self.master = Master(settings, self.repo, lambda: self.node, self.daemons)
         self._stopping = threading.Event()
         self.is_master = False
+        self._master: str | None = None  # who held `master` at the last registration
         self.started = clock()
+        # One poll at a time: the scheduled one or one a wake-up brought forward.
+        self._polling = threading.Lock()
+        self._listener: wakeup.Listener | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -85,6 +93,7 @@ class Agent:
         self.scheduler.start()
         self.schedule()
         self.outbox.start(after_push=self._ensure_daemons)  # a config task may have run
+        self._listen()
 
     def run(self) -> None:
         consumer = self.huey.create_consumer(
@@ -100,6 +109,8 @@ class Agent:
     def stop(self, *, graceful: bool = True) -> None:
         """Stop the jobs (waiting for a running poll when graceful) and push what ran."""
         self._stopping.set()
+        if self._listener is not None:
+            self._listener.stop(wait=graceful)
         self.outbox.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=graceful)
@@ -117,12 +128,11 @@ class Agent:
         while master.  A master's first poll and ping wait for `master_grace` after start,
         so every node can register first; a node that becomes master later starts pinging
         at once, if the grace has passed."""
-        grace = dt.timedelta(seconds=self.settings.master_grace if self.is_master else 0)
-        first = max(self.clock(), self.started + grace)
+        first = max(self.clock(), self._grace_over())
         if self.scheduler.get_job("poll") is None:
-            if grace:
+            if self.is_master and self.settings.master_grace:
                 log.info("master: first poll after the %.0f s grace period",
-                         grace.total_seconds())
+                         self.settings.master_grace)
             self._every("poll", self.poll, self.settings.poll_interval, first)
         for name, job in (("reach", self.master.reach), ("ping", self.master.ping)):
             scheduled = self.scheduler.get_job(name) is not None
@@ -130,6 +140,12 @@ class Agent:
                 self._every(name, job, self.settings.ping_interval, first)
             elif not self.is_master and scheduled:
                 self.scheduler.remove_job(name)
+
+    def _grace_over(self) -> dt.datetime:
+        """When this node's first poll is due: at start, or on the master after the grace
+        that lets every node register first."""
+        grace = self.settings.master_grace if self.is_master else 0
+        return self.started + dt.timedelta(seconds=grace)
 
     def _every(self, name: str, job: Callable[[], object], seconds: float,
                first: dt.datetime) -> None:
@@ -143,6 +159,7 @@ class Agent:
         reg = register(self.repo, self.node, self._facts(), designated=self.settings.master)
         if reg.commit:
             log.info("registered %s at %s (%s)", reg.mac, reg.ip, ", ".join(reg.changed))
+        self._master = reg.master
         if reg.is_master != self.is_master:
             log.info("role: %s", "master" if reg.is_master else "node")
             self.is_master = reg.is_master
@@ -151,17 +168,57 @@ class Agent:
 
     def poll(self) -> None:
         """One poll: registration, orphans, new tasks into huey, outcomes out."""
+        with self._polling:
+            try:
+                self.refresh_registration()
+                self.repo.carry_orphans()
+                self.intake.take()
+                self.outbox.flush()
+                if self.is_master:
+                    self.master.render()
+                self._ensure_daemons()
+                self._listen()  # the port may have changed in cluster.yml
+            except GitError as error:
+                log.warning("poll failed, next one in %.0f s: %s",
+                            self.settings.poll_interval, error)
+
+    # -- wake-ups ----------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Listen for wake-ups at this node's IP on the cluster's port; again whenever
+        either changed (port 0: not at all)."""
+        port = read_cluster_vars(self.repo.snapshot()).wakeup_port
+        current = self._listener
+        if current is not None and (current.ip, current.port) == (self.node.ip, port):
+            return
+        if current is not None:
+            current.stop(wait=False)
+        self._listener = wakeup.Listener(self.node.ip, port, self.node.mac, self._woken)
+        if port and not self._stopping.is_set():
+            self._listener.start()
+
+    def _woken(self) -> None:
+        """A wake-up (at most one per 200 ms): poll now if the remote moved.  Asking costs
+        one ls-remote, so a flood of forged or replayed wake-ups costs little more."""
+        if self._stopping.is_set() or self.clock() < self._grace_over():
+            return
         try:
-            self.refresh_registration()
-            self.repo.carry_orphans()
-            self.intake.take()
-            self.outbox.flush()
-            if self.is_master:
-                self.master.render()
-            self._ensure_daemons()
+            if self.repo.ls_remote() == self.repo.snapshot().commit:
+                log.debug("woken: nothing new on the remote")
+                return
         except GitError as error:
-            log.warning("poll failed, next one in %.0f s: %s", self.settings.poll_interval,
-                        error)
+            log.debug("woken: cannot ask the remote: %s", error)
+            return
+        log.debug("woken: polling now")
+        self.poll()
+
+    def _wake_master(self) -> None:
+        """Outcomes landed: wake the master, so what they report (a Ganglia config's
+        digest, a registration) reaches its views now."""
+        if self._master not in (None, self.node.mac):
+            snapshot = self.repo.snapshot()
+            wakeup.send(snapshot, [self._master], read_cluster_vars(snapshot).wakeup_port,
+                        source=self.node.ip)
 
     def _ensure_daemons(self) -> None:
         self.daemons.ensure(is_master=self.is_master, own_ip=self.node.ip)
