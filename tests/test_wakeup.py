@@ -250,17 +250,19 @@ def test_the_master_ignores_wakeups_during_its_grace(cluster: Cluster) -> None:
     now = [start]
     agent = Agent(Settings.load(cluster.node_config(1, ip=loopback(1), master_grace="5m")),
                   clock=lambda: now[0])
-    polls: list[int] = []
-    agent.poll = lambda: polls.append(1)  # type: ignore[method-assign]
+    renders: list[int] = []
+    agent.master.render = lambda: renders.append(1)  # type: ignore[method-assign]
     agent.repo.sync()
-    enqueue(cluster.operator_repo(), [make_task(NODE, "echo", {}, "operator")],
-            cluster.operator_key)  # the remote moved
+    (task,) = enqueue(cluster.operator_repo(), [make_task(NODE, "echo", {}, "operator")],
+                      cluster.operator_key)  # the remote moved
     agent.is_master = True
     agent._woken()
-    assert polls == []
+    assert renders == [] and agent.huey.pending_count() == 0
     now[0] = start + dt.timedelta(minutes=5)
     agent._woken()
-    assert polls == [1]
+    assert renders == [1] and [t.id for t in agent.huey.pending()] == [task.id]
+    agent._woken()  # nothing new: nothing done
+    assert renders == [1]
 
 
 def start_worker(cluster: Cluster, number: int, port: int, **extra: object
@@ -397,4 +399,4 @@ def test_a_node_that_joins_is_in_the_hostfile_within_a_second(fresh_lab: Lab,
     wait_until(lambda: newcomer.ip in hostfile.read_text(), 30, "pi-3 in the hostfile")
     delay = hostfile.stat().st_mtime - landed[0]
     assert delay < 1.0, delay
-    assert "woken: polling now" in master.agent_log.read_text()
+    assert "woken: fetching now" in master.agent_log.read_text()

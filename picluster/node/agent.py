@@ -9,8 +9,9 @@
     in one commit per batch, then forgets them locally.
 *   While the node holds `master`, two more jobs knock on and ping the workers every
     `ping_interval`, and the poll renders the views (picluster.master).
-*   A wake-up (picluster.wakeup) brings the poll forward when the remote moved: a task
-    runs, a join reaches the master's views, within a round trip, whatever the interval.
+*   A wake-up (picluster.wakeup) makes the node fetch at once when the remote moved: a
+    task starts, a join reaches the master's views, within a round trip, whatever the
+    poll interval.
 
 So a node that dies mid-task runs the task again after restart (tasks are idempotent),
 a task that finished never runs twice, and no outcome is lost.
@@ -78,7 +79,7 @@ class Agent:
         self.is_master = False
         self._master: str | None = None  # who held `master` at the last registration
         self.started = clock()
-        # One poll at a time: the scheduled one or one a wake-up brought forward.
+        # One poll at a time, or what a wake-up does instead of one.
         self._polling = threading.Lock()
         self._listener: wakeup.Listener | None = None
 
@@ -198,19 +199,23 @@ class Agent:
             self._listener.start()
 
     def _woken(self) -> None:
-        """A wake-up (at most one per 200 ms): poll now if the remote moved.  Asking costs
-        one ls-remote, so a flood of forged or replayed wake-ups costs little more."""
+        """A wake-up (at most one per 200 ms): if the remote moved, fetch and act on it
+        now.  Asking costs one ls-remote, so a flood of forged or replayed wake-ups costs
+        little more.  Registration and orphans keep to the poll."""
         if self._stopping.is_set() or self.clock() < self._grace_over():
             return
         try:
             if self.repo.ls_remote() == self.repo.snapshot().commit:
                 log.debug("woken: nothing new on the remote")
                 return
+            log.debug("woken: fetching now")
+            with self._polling:
+                self.repo.sync()
+                self.intake.take()
+                if self.is_master:
+                    self.master.render()
         except GitError as error:
-            log.debug("woken: cannot ask the remote: %s", error)
-            return
-        log.debug("woken: polling now")
-        self.poll()
+            log.warning("acting on a wake-up failed; the next poll catches up: %s", error)
 
     def _wake_master(self) -> None:
         """Outcomes landed: wake the master, so what they report (a Ganglia config's
