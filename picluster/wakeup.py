@@ -32,7 +32,7 @@ from picluster import layout
 from picluster.gitstore import Snapshot
 from picluster.identity import is_local
 
-__all__ = ["PORT", "Listener", "datagram", "reachable", "send"]
+__all__ = ["PORT", "Listener", "datagram", "parse_routes", "reachable", "send"]
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +54,31 @@ def datagram(mac: str) -> bytes:
 Route = tuple[ipaddress.IPv4Network, bool]  # a destination network, and whether on-link
 
 
-def _routes() -> list[Route]:
-    """This network namespace's IPv4 routes (main table), from /proc/net/route."""
+def parse_routes(text: str) -> list[Route]:
+    """The usable routes of a /proc/net/route table.  Addresses and masks are printed as
+    the raw network-order words read as native (little-endian) integers; flags plainly."""
     routes = []
-    try:
-        lines = _ROUTES.read_text().splitlines()[1:]
-    except OSError:
-        return []
-    for line in lines:
+    for line in text.splitlines()[1:]:
         fields = line.split()
         try:
-            destination, flags, mask = (int.from_bytes(bytes.fromhex(fields[i]), "little")
-                                        for i in (1, 3, 7))
-            gateway = int(fields[2], 16)
+            destination, gateway, mask = (int.from_bytes(bytes.fromhex(fields[i]), "little")
+                                          for i in (1, 2, 7))
+            flags = int(fields[3], 16)
+            network = ipaddress.IPv4Network((destination, bin(mask).count("1")),
+                                            strict=False)
         except (IndexError, ValueError):
             continue
         if flags & _RTF_UP and not flags & _RTF_REJECT:
-            network = ipaddress.IPv4Network((destination, bin(mask).count("1")), strict=False)
             routes.append((network, gateway == 0 and not flags & _RTF_GATEWAY))
     return routes
+
+
+def _routes() -> list[Route]:
+    """This network namespace's IPv4 routes (main table)."""
+    try:
+        return parse_routes(_ROUTES.read_text())
+    except OSError:
+        return []
 
 
 def reachable(ip: str, routes: list[Route] | None = None) -> bool:

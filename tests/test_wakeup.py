@@ -95,6 +95,19 @@ def test_a_wakeup_goes_only_to_this_host_or_its_own_networks(ip: str, allowed: b
     assert wakeup.reachable(ip, ROUTES) is allowed
 
 
+def test_the_kernel_s_route_table_is_read_as_it_is_printed() -> None:
+    table = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+             "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+             "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+             "eth1\t000012C6\t00000000\t0001\t0\t0\t0\t0000FEFF\t0\t0\t0\n"
+             "eth1\t0000A8C0\t00000000\t0201\t0\t0\t0\t0000FFFF\t0\t0\t0\n"  # reject
+             "eth2\tnonsense\n")
+    assert wakeup.parse_routes(table) == [
+        (ipaddress.IPv4Network("0.0.0.0/0"), False),
+        (ipaddress.IPv4Network("192.0.2.0/24"), True),
+        (ipaddress.IPv4Network("198.18.0.0/15"), True)]
+
+
 def test_from_this_machine_the_benchmark_range_is_never_a_target() -> None:
     # The lab's addresses live in its namespaces only; registered ones that tests pin must
     # never be sent to from here.
@@ -370,10 +383,14 @@ def test_a_node_that_joins_is_in_the_hostfile_within_a_second(fresh_lab: Lab,
     assert "poll_interval = 1\n" in config
     master.config.write_text(config.replace("poll_interval = 1\n", "poll_interval = 30\n")
                              + "log_level = debug\n")
+    before = len(master.agent_log.read_text())  # the log goes on where it was
+
+    def since_revived() -> str:
+        return master.agent_log.read_text()[before:]
+
     fresh_lab.revive(master.name)
-    wait_until(lambda: master.agent_log.exists()
-               and f"wake-ups on {master.ip}:{wakeup.PORT}" in master.agent_log.read_text(),
-               60, "the master's agent to listen")
+    wait_until(lambda: f"wake-ups on {master.ip}:{wakeup.PORT}" in since_revived(), 60,
+               "the master's agent to listen")
     time.sleep(master.settings().master_grace + 2)  # its grace is over, its first poll done
 
     card = tmp_path / "card"
@@ -399,4 +416,4 @@ def test_a_node_that_joins_is_in_the_hostfile_within_a_second(fresh_lab: Lab,
     wait_until(lambda: newcomer.ip in hostfile.read_text(), 30, "pi-3 in the hostfile")
     delay = hostfile.stat().st_mtime - landed[0]
     assert delay < 1.0, delay
-    assert "woken: fetching now" in master.agent_log.read_text()
+    assert "woken: fetching now" in since_revived()
