@@ -8,13 +8,14 @@ replayed one costs its receiver one look at the remote.  A lost one costs the ti
 next poll, which stays the fallback.
 
 Sending is best effort and never fails its sender.  It goes from the sender's own
-address only, and only to hosts on a network this host is attached to, never through a
-gateway: a cluster is one LAN, and an address registered by a test, a lab or a node that
-moved on must not send traffic out of this machine.
+address only, and only to this host or a host on a network this host is directly
+attached to, never through a gateway: a cluster is one LAN, so an address registered by
+a test (the benchmark range pinned in this machine's root namespace), a lab, or a node
+that moved to another network is never sent to.
 
-Receiving: `Listener` reads datagrams on the node's own address, drops anything but a
-wake-up for this node unread and uncounted, and calls back at most once per `gap` after
-the previous call returned, once more for whatever arrived meanwhile.
+Receiving: `Listener` reads datagrams on the node's own address, no more of each than a
+wake-up's length, drops anything but a wake-up for this node, and calls back at most
+once per `gap` after the previous call returned, once more for whatever arrived meanwhile.
 """
 
 from __future__ import annotations
