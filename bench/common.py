@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,12 +33,15 @@ def scratch(parent: str | None) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def cluster_repo(root: Path) -> tuple[Path, Path]:
-    """A bare cluster repository trusting a fresh operator key; (bare, key)."""
+def cluster_repo(root: Path, extra: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """A bare cluster repository trusting a fresh operator key, with `extra` files (path ->
+    text; added to the seed's, or appended to a seed file); (bare, key)."""
     key = root / "operator_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f",
                     str(key)], check=True)
     files = layout.seed_files()
+    for path, text in (extra or {}).items():
+        files[path] = files.get(path, "") + text
     files[layout.ALLOWED_SIGNERS] += signer_line(key.with_suffix(".pub").read_text(),
                                                  "operator") + "\n"
     init_bare(root / "cluster.git", files, "init")
@@ -47,6 +51,13 @@ def cluster_repo(root: Path) -> tuple[Path, Path]:
 def write_config(path: Path, **values: object) -> Path:
     path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
     return path
+
+
+def free_udp_port(ip: str = "127.0.0.1") -> int:
+    """A UDP port nothing listens on at `ip` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((ip, 0))
+        return int(sock.getsockname()[1])
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -165,6 +165,9 @@ ssh_user: root
 # ganglia:
 #   gmond_port: <port>
 #   gmetad_xml_port: <port>
+# UDP port of wake-ups: after a push for a node, its writer nudges that node to fetch at
+# once rather than at its next poll (0 turns them off; the default is 8650):
+# wakeup_port: <port>
 """
 
 _ALLOWED_SIGNERS = """\

@@ -1,6 +1,7 @@
 """The task queue in git: producers write signed task files, nodes read their own.
 
-Producer side: `enqueue` signs and commits tasks, `wait_for` polls for their outcomes.
+Producer side: `enqueue` signs and commits tasks and wakes their nodes, `wait_for` watches
+for their outcomes.
 Node side: `scan` reads ``queue/<mac>/`` and sorts each pending file into a task that may
 run or a rejection that says why it never will.
 """
@@ -14,9 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from picluster import layout
+from picluster import layout, wakeup
 from picluster.bounded import LimitError
 from picluster.gitstore import ClusterRepo, Create, Op, Snapshot
+from picluster.registry import read_cluster_vars
 from picluster.signing import AllowedSigners, SignatureError, sign
 from picluster.tasks import (
     LIFETIME,
@@ -50,7 +52,8 @@ def make_task(node: str, name: str, args: dict[str, Any], producer: str, *,
 
 def enqueue(repo: ClusterRepo, tasks: Sequence[Task], key: Path,
             also: Sequence[Op] = ()) -> list[Task]:
-    """Sign `tasks` with `key` and commit them, all in one commit (with the ops `also`);
+    """Sign `tasks` with `key` and commit them, all in one commit (with the ops `also`),
+    then wake their nodes;
     return the signed tasks."""
     signatures = sign([task.signed_bytes() for task in tasks], key)
     signed = [replace(task, signature=sig) for task, sig in zip(tasks, signatures, strict=True)]
@@ -60,6 +63,10 @@ def enqueue(repo: ClusterRepo, tasks: Sequence[Task], key: Path,
     message = (f"enqueue {signed[0].task} {signed[0].id} for {signed[0].node}" if len(signed) == 1
                else f"enqueue {len(signed)} tasks ({names}) for {nodes}")
     repo.transact(ops, message)
+    # Each node at the IP it has on the tip the tasks landed on.
+    snapshot = repo.snapshot()
+    wakeup.send(snapshot, sorted({t.node for t in signed}),
+                read_cluster_vars(snapshot).wakeup_port)
     return signed
 
 
@@ -83,16 +90,17 @@ def outcome_of(snapshot: Snapshot, mac: str, task_id: str) -> Outcome | None:
 
 
 def wait_for(repo: ClusterRepo, tasks: Iterable[Task], timeout: float,
-             interval: float = 0.25) -> dict[str, Outcome]:
-    """Poll git until every task has an outcome or `timeout` passes; return those found.
-    A task whose only outcome file is not one is waited for too (its node may still
-    reject it properly); TaskError says so if that is all there is at the end."""
+             interval: float = 0.1) -> dict[str, Outcome]:
+    """Watch git until every task has an outcome or `timeout` passes; return those found.
+    Cheaply: an `ls-remote` every `interval`, and a fetch only when main moved.  A task
+    whose only outcome file is not one is waited for too (its node may still reject it
+    properly); TaskError says so if that is all there is at the end."""
     waiting = {t.id: t.node for t in tasks}
     found: dict[str, Outcome] = {}
     unreadable: dict[str, TaskError] = {}
     deadline = time.monotonic() + timeout
-    while waiting:
-        snapshot = repo.sync()
+    snapshot = repo.sync()
+    while True:
         for task_id, mac in list(waiting.items()):
             try:
                 outcome = outcome_of(snapshot, mac, task_id)
@@ -103,12 +111,22 @@ def wait_for(repo: ClusterRepo, tasks: Iterable[Task], timeout: float,
             if outcome is not None:
                 found[task_id] = outcome
                 del waiting[task_id]
-        if not waiting or time.monotonic() + interval > deadline:
+        if not waiting or not _moved(repo, snapshot.commit, deadline, interval):
             break
-        time.sleep(interval)
+        snapshot = repo.sync()
     if unreadable:
         raise next(iter(unreadable.values()))
     return found
+
+
+def _moved(repo: ClusterRepo, tip: str, deadline: float, interval: float) -> bool:
+    """Wait until main moves from `tip`, asking with an `ls-remote` every `interval`
+    (a fetch would write to the clone every time); False once `deadline` comes."""
+    while time.monotonic() + interval <= deadline:
+        time.sleep(interval)
+        if repo.ls_remote() != tip:
+            return True
+    return False
 
 
 @dataclass(frozen=True)

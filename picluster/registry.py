@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from picluster import layout
+from picluster import layout, wakeup
 from picluster.bounded import LimitError, load_yaml
 from picluster.gitstore import ClusterRepo, Create, Op, Put, Remove, Snapshot
 from picluster.identity import NodeIdentity, address_problem
@@ -52,6 +52,7 @@ _PLAIN = {"name": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
 _MAX_YAML = 64 << 10
 # What `cores` may say: a Pi has 4, a big server a few hundred.
 _MAX_CORES = 1024
+_RANGES = {"wakeup_port": range(0, 65536)}  # 0: off
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,8 @@ class ClusterVars:
     ssh_user: str = "root"
     # The `ganglia:` section as written; picluster.ganglia checks it, with its defaults.
     ganglia: dict[str, object] = field(default_factory=dict)
+    # UDP port of wake-ups (picluster.wakeup); 0 turns them off and nodes keep to polling.
+    wakeup_port: int = wakeup.PORT
     problems: tuple[str, ...] = ()
 
 
@@ -236,7 +239,8 @@ def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
         return ClusterVars(problems=tuple(problems))
     data = data if isinstance(data, dict) else {}
     ganglia = data.get("ganglia") if isinstance(data.get("ganglia"), dict) else {}
-    values = {"name": data.get("name"), "ssh_user": data.get("ssh_user")}
+    values = {"name": data.get("name"), "ssh_user": data.get("ssh_user"),
+              "wakeup_port": data.get("wakeup_port")}
     defaults = ClusterVars()
     chosen: dict[str, object] = {}
     for key, value in values.items():
@@ -250,6 +254,11 @@ def read_cluster_vars(snapshot: Snapshot) -> ClusterVars:
         if key in _PLAIN and not _PLAIN[key].fullmatch(value):
             problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be a plain name "
                             f"({_PLAIN[key].pattern}), not {_quoted(value)}; using {default!r}")
+            continue
+        if key in _RANGES and value not in _RANGES[key]:
+            problems.append(f"{layout.CLUSTER_VARS}: '{key}' must be between "
+                            f"{_RANGES[key].start} and {_RANGES[key].stop - 1}, not {value}; "
+                            f"using {default!r}")
             continue
         chosen[key] = value
     return ClusterVars(**chosen, ganglia=ganglia,  # type: ignore[arg-type]
@@ -355,7 +364,8 @@ def register(repo: ClusterRepo, node: NodeIdentity, facts: dict[str, object] | N
     cluster key `key` when given, and push."""
     result = repo.transact(registration_ops(node, facts, key=key),
                            f"register {node.mac} at {node.ip}")
-    master, problem = read_master(repo.snapshot())
+    snapshot = repo.snapshot()
+    master, problem = read_master(snapshot)
     if problem:
         log.warning("%s", problem)
     if designated and master != node.mac:
@@ -366,4 +376,8 @@ def register(repo: ClusterRepo, node: NodeIdentity, facts: dict[str, object] | N
     # `changed` was judged when the change was sent; whether its claim of `master` won
     # is only known now.
     changed = tuple(p for p in result.changed if p != layout.MASTER or master == node.mac)
+    if result.commit and master not in (None, node.mac):
+        # A join or a move reaches the master's views now, not at its next poll.
+        wakeup.send(snapshot, [master], read_cluster_vars(snapshot).wakeup_port,
+                    source=node.ip)
     return Registration(node.mac, node.ip, master, changed, result.commit, result.attempts)

@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("version", "settings", "layout", "files", "proc", "retry", "bounded", "timespec"),
     ("gitstore",),
     ("identity", "signing", "trust", "schema", "tasks", "registry", "queue", "succession",
-     "healthfile", "broadcast", "plugins", "revoke", "schedules", "results"),
+     "healthfile", "broadcast", "plugins", "revoke", "schedules", "results", "wakeup"),
     ("ansible", "apply", "ganglia", "mpi"),
     ("master",),
     ("node",),

@@ -122,6 +122,13 @@ class ClusterRepo:
         with self._clone.mutex:
             return self._clone.snapshot(self._clone.remote_tip())
 
+    def ls_remote(self) -> str:
+        """The sha of the remote's branch, asked with `git ls-remote`: one round trip that,
+        unlike `sync`, transfers no objects and writes nothing.  When it equals
+        `snapshot().commit`, a `sync` would bring nothing new."""
+        ref = f"refs/heads/{self.branch}"
+        return self._clone.ls_remote(time.monotonic(), ref).get(ref, "")
+
     def log(self, path: str | None = None, limit: int = 20) -> list[dict[str, str]]:
         """Recent commits on the remote tip (optionally touching `path`), newest first; a
         shallow clone knows only the commits it fetched."""

@@ -1,8 +1,9 @@
 """The node side: the agent every node runs (`picluster agent`, picluster.service).
 
-Owns the agent's lifecycle and its APScheduler jobs, the intake of this node's tasks from
-git into the local huey queue, the outbox that pushes their outcomes, the catalogue of
-tasks a node runs, and the facts it reports.  The master's jobs live in `picluster.master`;
+Owns the agent's lifecycle, its APScheduler jobs and what it does when woken (a fetch
+brought forward), the intake of this node's tasks from git into the local huey queue
+(whose consumer starts them at once), the outbox that pushes their outcomes, the catalogue
+of tasks a node runs, and the facts it reports.  The master's jobs live in `picluster.master`;
 the agent only schedules them while it holds `master`.  `Agent` (huey, APScheduler) loads
 on first use, so the facts and the catalogue stay light to import.
 """

@@ -14,6 +14,9 @@
     removes old outcomes (picluster.master).  Every node moves its beacon (`beat`); every
     other node watches the master's (`watch`) and takes `master` over when it is its turn
     (picluster.master.takeover).
+*   A wake-up (picluster.wakeup) makes the node fetch at once when the remote moved: a
+    task starts, a join reaches the master's views, within a round trip, whatever the
+    poll interval.
 
 So a node that dies mid-task runs the task again after restart (tasks are idempotent),
 a task that finished never runs twice, and no outcome is lost.
@@ -32,6 +35,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from huey import SqliteHuey
 
+from picluster import wakeup
 from picluster.ganglia import Daemons
 from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import NodeIdentity, identify
@@ -40,12 +44,13 @@ from picluster.master.retention import Retention
 from picluster.master.schedules import Schedules
 from picluster.node.facts import reported_facts
 from picluster.node.intake import Intake
-from picluster.node.ledger import Ledger, Storage
+from picluster.node.ledger import Ledger
 from picluster.node.outbox import Outbox
+from picluster.node.prompt import PromptStorage
 from picluster.node.tasks import installed
 from picluster.node.timeout import within
 from picluster.plugins import Plugins
-from picluster.registry import register
+from picluster.registry import read_cluster_vars, register
 from picluster.retry import retry
 from picluster.settings import Settings
 from picluster.tasks import Catalogue, Outcome, Task, TaskContext, TaskFailed, now_iso
@@ -73,10 +78,10 @@ class Agent:
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.ssh_dir.mkdir(parents=True, exist_ok=True)
         self.huey = SqliteHuey("picluster", filename=str(settings.huey_db), results=False,
-                               storage_class=Storage)
+                               storage_class=PromptStorage)
         execute = self.huey.task(context=True, name="picluster.execute")(self._run_task)
         self.ledger = Ledger(self.huey.storage)
-        self.outbox = Outbox(self.ledger, self.repo, self.node.mac)
+        self.outbox = Outbox(self.ledger, self.repo, self.node.mac, pushed=self._wake_master)
         self.trust = Trust(settings)
         self.trust.install_anchor()  # TrustError: the card's anchor cannot be used
         self.intake = Intake(self.huey, execute, self.repo, self.node.mac, self.catalogue,
@@ -92,7 +97,11 @@ class Agent:
         self._stopping = threading.Event()
         self._scheduling = threading.Lock()  # the poll and the watch both follow the role
         self.is_master = False
+        self._master: str | None = None  # who held `master` at the last registration
         self.started = clock()
+        # One poll at a time, or what a wake-up does instead of one.
+        self._polling = threading.Lock()
+        self._listener: wakeup.Listener | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -106,6 +115,7 @@ class Agent:
         self.scheduler.start()
         self.schedule()
         self.outbox.start(after_push=self._ensure_daemons)  # a config task may have run
+        self._listen()
 
     def run(self) -> None:
         consumer = self.huey.create_consumer(
@@ -121,6 +131,8 @@ class Agent:
     def stop(self, *, graceful: bool = True) -> None:
         """Stop the jobs (waiting for a running poll when graceful) and push what ran."""
         self._stopping.set()
+        if self._listener is not None:
+            self._listener.stop(wait=graceful)
         self.outbox.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=graceful)
@@ -145,9 +157,9 @@ class Agent:
         grace = dt.timedelta(seconds=self.settings.master_grace if self.is_master else 0)
         first = max(self.clock(), self.started + grace)
         if self.scheduler.get_job("poll") is None:
-            if grace:
+            if self.is_master and self.settings.master_grace:
                 log.info("master: first poll after the %.0f s grace period",
-                         grace.total_seconds())
+                         self.settings.master_grace)
             self._every("poll", self.poll, self.settings.poll_interval, first)
         if self.scheduler.get_job("beat") is None:
             self._every("beat", self.succession.beat, self.succession.beat_interval,
@@ -160,6 +172,12 @@ class Agent:
                 self._every(name, job, self.settings.ping_interval, first)
             elif not wanted and scheduled:
                 self.scheduler.remove_job(name)
+
+    def _grace_over(self) -> dt.datetime:
+        """When this node's first poll is due: at start, or on the master after the grace
+        that lets every node register first."""
+        grace = self.settings.master_grace if self.is_master else 0
+        return self.started + dt.timedelta(seconds=grace)
 
     def _every(self, name: str, job: Callable[[], object], seconds: float,
                first: dt.datetime) -> None:
@@ -174,6 +192,7 @@ class Agent:
                        key=self.settings.ssh_key)
         if reg.commit:
             log.info("registered %s at %s (%s)", reg.mac, reg.ip, ", ".join(reg.changed))
+        self._master = reg.master
         if reg.is_master != self.is_master:
             log.info("role: %s", "master" if reg.is_master else "node")
             self.is_master = reg.is_master
@@ -182,19 +201,63 @@ class Agent:
 
     def poll(self) -> None:
         """One poll: registration, orphans, new tasks into huey, outcomes out."""
+        with self._polling:
+            try:
+                self.refresh_registration()
+                self.repo.carry_orphans()
+                self.intake.take()
+                self.outbox.flush()
+                if self.is_master:
+                    self.master.render()
+                self.schedules.sync(self.is_master)  # the signed schedules' jobs, while master
+                self.retention.run_if_due(self.is_master)  # old outcomes out, on the master
+                self._ensure_daemons()
+                self._listen()  # the port may have changed in cluster.yml
+            except GitError as error:
+                log.warning("poll failed, next one in %.0f s: %s",
+                            self.settings.poll_interval, error)
+
+    # -- wake-ups ----------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Listen for wake-ups at this node's IP on the cluster's port; again whenever
+        either changed (port 0: not at all)."""
+        port = read_cluster_vars(self.repo.snapshot()).wakeup_port
+        current = self._listener
+        if current is not None and (current.ip, current.port) == (self.node.ip, port):
+            return
+        if current is not None:
+            current.stop(wait=False)
+        self._listener = wakeup.Listener(self.node.ip, port, self.node.mac, self._woken)
+        if port and not self._stopping.is_set():
+            self._listener.start()
+
+    def _woken(self) -> None:
+        """A wake-up (at most one per 200 ms): if the remote moved, fetch and act on it
+        now.  Asking costs one ls-remote, so a flood of forged or replayed wake-ups costs
+        little more.  Registration and orphans keep to the poll."""
+        if self._stopping.is_set() or self.clock() < self._grace_over():
+            return
         try:
-            self.refresh_registration()
-            self.repo.carry_orphans()
-            self.intake.take()
-            self.outbox.flush()
-            if self.is_master:
-                self.master.render()
-            self.schedules.sync(self.is_master)  # the signed schedules' jobs, while master
-            self.retention.run_if_due(self.is_master)  # old outcomes out, on the master
-            self._ensure_daemons()
+            if self.repo.ls_remote() == self.repo.snapshot().commit:
+                log.debug("woken: nothing new on the remote")
+                return
+            log.debug("woken: fetching now")
+            with self._polling:
+                self.repo.sync()
+                self.intake.take()
+                if self.is_master:
+                    self.master.render()
         except GitError as error:
-            log.warning("poll failed, next one in %.0f s: %s", self.settings.poll_interval,
-                        error)
+            log.warning("acting on a wake-up failed; the next poll catches up: %s", error)
+
+    def _wake_master(self) -> None:
+        """Outcomes landed: wake the master, so what they report (a Ganglia config's
+        digest, a registration) reaches its views now."""
+        if self._master not in (None, self.node.mac):
+            snapshot = self.repo.snapshot()
+            wakeup.send(snapshot, [self._master], read_cluster_vars(snapshot).wakeup_port,
+                        source=self.node.ip)
 
     def watch(self) -> None:
         """Watch the master; having taken it over, act as master at once: the role, the

@@ -34,10 +34,12 @@ _PURGE_EVERY = 3600.0  # seconds between purges of the records past their keepin
 class Outbox:
     """This node's outcomes on their way to git."""
 
-    def __init__(self, ledger: Ledger, repo: ClusterRepo, mac: str) -> None:
+    def __init__(self, ledger: Ledger, repo: ClusterRepo, mac: str,
+                 pushed: Callable[[], None] = lambda: None) -> None:
         self._ledger = ledger
         self._repo = repo
         self._mac = mac
+        self._pushed = pushed  # called after each push of outcomes (the agent wakes the master)
         # Held while outcomes are pushed.  Whoever queues tasks from git holds it too: a
         # snapshot from before a push would queue a finished task again.
         self.pushing = threading.Lock()
@@ -177,3 +179,4 @@ class Outbox:
             self._ledger.pushed(records)
         if result.commit:
             log.info("pushed %d outcomes (%s)", len(records), summary)
+        self._pushed()
