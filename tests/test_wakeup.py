@@ -81,13 +81,13 @@ def seed(cluster: Cluster, port: int, **ips: str) -> ClusterRepo:
 ROUTES = [(ipaddress.IPv4Network("0.0.0.0/0"), False),  # default, via a gateway
           (ipaddress.IPv4Network("192.0.2.0/24"), True),  # the LAN
           (ipaddress.IPv4Network("198.51.100.0/24"), False),  # behind a router
-          (ipaddress.IPv4Network("10.9.0.0/16"), True),
-          (ipaddress.IPv4Network("10.9.8.0/24"), False)]  # more specific, via a gateway
+          (ipaddress.IPv4Network("198.19.0.0/16"), True),
+          (ipaddress.IPv4Network("198.19.8.0/24"), False)]  # more specific, via a gateway
 
 
 @pytest.mark.parametrize(("ip", "allowed"), [
-    ("192.0.2.17", True), ("10.9.1.1", True),
-    ("198.51.100.7", False), ("203.0.113.5", False), ("10.9.8.1", False),
+    ("192.0.2.17", True), ("198.19.1.1", True),
+    ("198.51.100.7", False), ("203.0.113.5", False), ("198.19.8.1", False),
     ("192.0.2.0", False), ("192.0.2.255", False),  # a network's own and broadcast address
     ("224.0.0.1", False), ("255.255.255.255", False), ("0.0.0.0", False),
     ("not an ip", False), ("127.77.0.5", True)])  # loopback: this host
