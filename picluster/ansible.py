@@ -1,4 +1,5 @@
-"""Ansible, through ansible-runner: the master's ping of every node, and playbooks.
+"""Ansible, through ansible-runner: the master's ping of every node, and playbooks (the
+master's `apply` over its inventory, and a node's run of one against itself).
 
 Host keys are checked: the known_hosts file is built from the keys nodes registered
 (local-vars/nodes/), never `StrictHostKeyChecking no`.  ssh connections are kept between
@@ -24,7 +25,8 @@ import ansible_runner
 
 from picluster.settings import Settings
 
-__all__ = ["AnsibleRun", "HostResult", "answering", "inventory", "ping", "playbook"]
+__all__ = ["AnsibleRun", "HostResult", "answering", "inventory", "ping", "playbook",
+           "playbook_here"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class HostResult:
     host: str
     status: str  # "ok", "changed", "failed", "unreachable" or "skipped"
     message: str = ""
+    task: str = ""  # the task whose result this is (for a failure: where the host stopped)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class AnsibleRun:
     status: str  # ansible-runner's: "successful", "failed", "timeout", ...
     hosts: dict[str, HostResult] = field(default_factory=dict)
     seconds: float = 0.0
+    # host -> Ansible's recap: {"ok": n, "changed": n, "failures": n, "skipped": n, ...}
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> facts gathered
 
     @property
     def ok(self) -> bool:
@@ -116,19 +122,29 @@ def _run(settings: Settings, known_hosts: Path, kind: str, **kwargs: Any) -> Ans
         private_data_dir=str(private), envvars=_environment(settings, known_hosts),
         rotate_artifacts=_KEEP_ARTIFACTS, quiet=True, suppress_env_files=True, **kwargs)
     hosts: dict[str, HostResult] = {}
+    facts: dict[str, dict[str, Any]] = {}
     for event in runner.events:
         data = event.get("event_data", {})
         host, status = data.get("host"), _host_status(event)
         if not host or status is None:
             continue
+        gathered = data.get("res", {}).get("ansible_facts") if isinstance(
+            data.get("res"), dict) else None
+        if event.get("event") == "runner_on_ok" and isinstance(gathered, dict):
+            facts.setdefault(host, {}).update(gathered)
         # A host's result is the worst of its tasks'.
         if _RANK[status] >= _RANK[hosts[host].status if host in hosts else "skipped"]:
             result = data.get("res")
             message = ""
             if status in ("failed", "unreachable") and isinstance(result, dict):
                 message = str(result.get("msg") or result.get("stderr") or "").strip()
-            hosts[host] = HostResult(host, status, message)
-    return AnsibleRun(runner.rc, runner.status, hosts, time.monotonic() - started)
+            hosts[host] = HostResult(host, status, message, str(data.get("task") or ""))
+    stats: dict[str, dict[str, int]] = {}
+    for kind, counts in (runner.stats or {}).items():
+        for host, count in (counts or {}).items():
+            stats.setdefault(host, {})[kind] = count
+    return AnsibleRun(runner.rc, runner.status, hosts, time.monotonic() - started, stats,
+                      facts)
 
 
 def answering(hosts: Iterable[str], timeout: float, port: int = 22) -> set[str]:
@@ -164,3 +180,14 @@ def playbook(settings: Settings, path: Path, inventory_path: Path, known_hosts: 
     return _run(settings, known_hosts, "playbook", playbook=str(path.resolve()),
                 inventory=str(inventory_path.resolve()), limit=limit, cmdline=cmdline,
                 extravars=dict(extravars or {}), forks=10)
+
+
+def playbook_here(settings: Settings, path: Path, inventory: Mapping[str, Any],
+                  host: str) -> AnsibleRun:
+    """Run the playbook at `path` on this machine only: `host`, whose entry in `inventory`
+    connects locally.  The other hosts of `inventory` only fill its groups (an NFS server
+    exports to the nodes, a client mounts the master's share); nothing connects to them."""
+    # A private data dir of its own: the master's `apply` rotates the artifacts of its
+    # runs under "playbook", and may run while this node runs one of its own.
+    return _run(settings, settings.cluster_known_hosts, "here", playbook=str(path.resolve()),
+                inventory=dict(inventory), limit=host, forks=1)

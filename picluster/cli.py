@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NoReturn
 
@@ -29,6 +30,7 @@ from picluster.ganglia import config_problems
 from picluster.gitstore import ClusterRepo, GitError, Put, Remove, Snapshot, init_bare
 from picluster.healthfile import read_health, status_fields
 from picluster.identity import IdentityError, identify, writer_name
+from picluster.master.desired import progress
 from picluster.node import installed, reported_facts
 from picluster.node.command import TASK as RUN
 from picluster.provision import DEFAULT_MOUNT, BootError, boot, prepare_boot
@@ -630,9 +632,30 @@ def _registrations(conf: Settings, snapshot: Snapshot) -> tuple[Membership, list
     return verified, list(refused.values())
 
 
+def _last_seen(repo: ClusterRepo, mac: str) -> str | None:
+    """When the node last reached the repository, if known: the newest commit of an
+    outcome it pushed or of a change of its facts."""
+    dates = [entry["date"] for path in (f"{layout.queue_dir(mac)}/done", layout.facts_path(mac))
+             for entry in repo.log(path, limit=1)]
+    return max(dates, key=datetime.fromisoformat, default=None)
+
+
+def _playbooks_cell(playbooks: dict[str, dict[str, Any]]) -> Text:
+    applied = [p for p in playbooks.values() if p["state"] == "applied"]
+    failed = [name for name, p in playbooks.items() if p["state"] == "failed"]
+    text = Text(f"{len(applied)}/{len(playbooks)} applied"
+                + (" (check mode)" if any(p.get("check") for p in applied) else ""),
+                style="green" if len(applied) == len(playbooks) else "yellow")
+    if failed:
+        text.append(f", failed: {', '.join(failed)}", style="red")
+    return text
+
+
 @app.command("status")
 def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """The cluster as the repository sees it: nodes, roles, pending tasks, and when the
+    """The cluster as the repository sees it: nodes, roles, pending tasks, whether each
+    node is configured (its role's playbooks applied, in check mode where it cannot change
+    its own system, pending or failed, and the version of its cluster files), and when the
     master last saw each node (by the master's clock).
 
     Registrations not signed with the cluster key (ssh_key) are problems, not nodes.
@@ -646,13 +669,17 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     membership, refused = _registrations(conf, snapshot)
     ignored = Trust(conf).judge(snapshot).problem  # a change of allowed_signers
     health, unhealthy = read_health(snapshot)
+    cluster = read_cluster_vars(snapshot)
+    configured = progress(membership, cluster)
     nodes = [{"mac": m.mac, "ip": m.ip, "hostname": m.hostname,
               "role": "master" if m.mac == membership.master else "node", "cores": m.cores,
               "pending": len(pending_tasks(snapshot, m.mac)),
+              **configured.get(m.mac, {"playbooks": {}, "cluster_files": {},
+                                       "configured": False}),
+              "last_seen": _last_seen(repo, m.mac),
               **status_fields(health, m.mac)}
              for m in membership.members]
     # Everything in the repository that a person should fix, each with its fix.
-    cluster = read_cluster_vars(snapshot)
     problems = [*membership.problems, *refused, *cluster.problems, *config_problems(cluster),
                 *read_signers(snapshot).problems, *([ignored] if ignored else []),
                 *([unhealthy] if unhealthy else [])]
@@ -666,13 +693,24 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     table = Table(title=f"picluster: {len(nodes)} nodes", caption=(
         f"health: as master {layout.format_mac(health.master)} recorded it at "
         f"{health.written_at}, by its clock" if health else "health: not recorded yet"))
-    for column in ("MAC", "IP", "hostname", "role", "cores", "pending tasks", "health"):
+    for column in ("MAC", "IP", "hostname", "role", "cores", "pending tasks", "playbooks",
+                   "cluster files", "health"):
         table.add_column(column, no_wrap=column in ("MAC", "IP"))
     for node in nodes:
+        files = node["cluster_files"].get("version") or "none"
+        if node["cluster_files"].get("state") != "current":
+            files += " (pending)"
         table.add_row(layout.format_mac(str(node["mac"])), str(node["ip"]),
                       str(node["hostname"]), str(node["role"]), str(node["cores"]),
-                      str(node["pending"]), _health_cell(node))
+                      str(node["pending"]), _playbooks_cell(node["playbooks"]), files,
+                      _health_cell(node))
     out.print(table)
+    for node in nodes:
+        for name, playbook in node["playbooks"].items():
+            if playbook["state"] == "failed":
+                # Text, not markup: a message may hold brackets.
+                err.print(Text(f"{node['hostname']}: {name} failed at "
+                               f"'{playbook['task']}': {playbook['message']}", style="red"))
     for problem in problems:
         err.print(f"[yellow]problem:[/] {problem}", highlight=False)
 

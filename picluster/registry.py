@@ -28,6 +28,8 @@ from picluster.identity import NodeIdentity, address_problem
 from picluster.signing import NODE_NAMESPACE, AllowedSigners, SignatureError, sign
 
 __all__ = [
+    "HOST_KEY_PATTERN",
+    "SSH_USER_PATTERN",
     "ClusterVars",
     "Member",
     "Membership",
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 _HOST_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*")
 _PLAIN = {"name": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
           "ssh_user": re.compile(r"[a-z_][a-z0-9_-]{0,31}")}
+# The same rules, for task schemas that carry these values to a node.
+HOST_KEY_PATTERN = _HOST_KEY.pattern
+SSH_USER_PATTERN = _PLAIN["ssh_user"].pattern
 # A facts file or cluster.yml is a few hundred bytes; anything near this is not one.
 _MAX_YAML = 64 << 10
 # What `cores` may say: a Pi has 4, a big server a few hundred.

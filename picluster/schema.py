@@ -1,7 +1,7 @@
 """Task argument schemas: what each argument of a task may be, declared next to the task.
 
 A `Schema` maps argument names to rules (`Int`, `Float`, `Duration`, `Port`, `Str`,
-`Bool`, `IPv4`, `List`, `Json`); a rule without a `default` is required, and an argument
+`Bool`, `IPv4`, `List`, `Record`, `Json`); a rule without a `default` is required, and an argument
 no rule names is refused.  The producer checks before it signs, the node before it runs,
 so a task never sees a value its schema does not allow::
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["REQUIRED", "ArgError", "Bool", "Duration", "Float", "IPv4", "Int", "Json", "List",
-           "Port", "Rule", "Schema", "Str", "shown"]
+           "Port", "Record", "Rule", "Schema", "Str", "shown"]
 
 REQUIRED: Any = object()  # the `default` of a rule whose argument must be given
 _SHOWN = 60  # characters of a refused value an error quotes
@@ -188,6 +188,29 @@ class List(Rule):
     def check(self, value: Any, name: str) -> list[Any]:
         items = super().check(value, name)
         return [self.item.check(item, f"{name}[{index}]") for index, item in enumerate(items)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record(Rule):
+    """An object whose fields `schema` checks, as it checks a task's arguments (a list of
+    hosts, each with its address and name)."""
+
+    schema: Schema
+
+    def describe(self) -> str:
+        return f"an object with {', '.join(self.schema.rules) or 'no fields'}"
+
+    def accepts(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise TypeError
+        return value  # checked field by field in `check`, which names the record
+
+    def check(self, value: Any, name: str) -> dict[str, Any]:
+        fields = super().check(value, name)
+        try:
+            return self.schema.check(fields)
+        except ArgError as error:
+            raise ArgError(f"argument {shown(name)}: {error}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -244,7 +244,8 @@ class Settings:
         _path, "`boot` installs the cluster key here as `user`'s identity and authorized "
                "key (None: ~user/.ssh)"))
     etc_dir: Path = field(default=Path("/etc"), metadata=_key(
-        _path, "`boot` installs picluster.service here, on nodes that run systemd"))
+        _path, "the system's /etc: `boot` installs picluster.service here (where systemd "
+               "runs), the `hosts` task the cluster's hosts, host keys and hostfile"))
     workers: int = field(default=2, metadata=_key(_whole(at_least=1), "huey consumer threads"))
     poll_interval: float = field(default=30.0, metadata=_key(
         _duration(), "every node polls git this often"))
@@ -369,6 +370,35 @@ class Settings:
     def ganglia_state(self) -> Path:
         """The Ganglia config this node last applied (JSON with its digest, a fact)."""
         return self.rendered_dir / "ganglia.json"
+
+    @property
+    def playbook_state(self) -> Path:
+        """The playbooks this node applied to itself, and its last failures (JSON; the
+        `playbooks` fact)."""
+        return self.rendered_dir / "playbooks.json"
+
+    @property
+    def cluster_files_state(self) -> Path:
+        """The cluster files this node installed last: their version (the `cluster_files`
+        fact) and the NFS server the clients mount."""
+        return self.rendered_dir / "cluster.json"
+
+    @property
+    def cluster_hostfile(self) -> Path:
+        """The MPI hostfile every node gets from the master (`hosts` task): `<ip>
+        slots=<cores>`, the master first.  The same path on every node."""
+        return self.etc_dir / "picluster" / "hostfile"
+
+    @property
+    def etc_hosts(self) -> Path:
+        """/etc/hosts: picluster keeps a block of it, every node's name and IP."""
+        return self.etc_dir / "hosts"
+
+    @property
+    def ssh_known_hosts(self) -> Path:
+        """ssh's system-wide known hosts: picluster keeps a block of it, every node's
+        registered host key (ssh, and so mpirun, check nodes against it)."""
+        return self.etc_dir / "ssh" / "ssh_known_hosts"
 
     @property
     def trust_dir(self) -> Path:

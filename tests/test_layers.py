@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gitstore",),
     ("identity", "signing", "trust", "schema", "tasks", "registry", "queue", "succession",
      "healthfile", "broadcast", "plugins", "revoke", "schedules", "results", "wakeup"),
-    ("ansible", "apply", "ganglia", "mpi"),
+    ("ansible", "apply", "ganglia", "mpi", "playbook_task", "cluster_files"),
     ("master",),
     ("node",),
     ("provision",),

@@ -1,9 +1,10 @@
 """Ganglia, in one place: its config (ports, timings, digest), the text of gmond.conf and
-gmetad.conf, applying a config on a node (the `ganglia` task), the daemons the agent
-supervises, and the master's sending of configs to the workers.
+gmetad.conf, applying a config on a node (the `ganglia` task) and the daemons the agent
+supervises.  The master sends workers their config as one case of its convergence
+(picluster.master): a worker whose reported digest differs gets a `ganglia` task.
 
-Builds on the registry and the queue; nothing below it knows Ganglia exists, and it
-never schedules anything itself.
+Builds on the registry; nothing below it knows Ganglia exists, and it never schedules
+anything itself.
 """
 
 from picluster.ganglia.config import (
@@ -15,7 +16,6 @@ from picluster.ganglia.config import (
     digest,
 )
 from picluster.ganglia.daemons import Daemons
-from picluster.ganglia.master import Sends, send
 from picluster.ganglia.node import TASK, applied_digest, apply, catalogue, task
 from picluster.ganglia.text import gmetad_conf, gmond_conf
 
@@ -25,7 +25,6 @@ __all__ = [
     "TASK",
     "Daemons",
     "GangliaConfig",
-    "Sends",
     "applied_digest",
     "apply",
     "catalogue",
@@ -34,6 +33,5 @@ __all__ = [
     "digest",
     "gmetad_conf",
     "gmond_conf",
-    "send",
     "task",
 ]

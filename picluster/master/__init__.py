@@ -1,10 +1,11 @@
 """The master side: the jobs only the node holding `master` runs.
 
-Owns the views that follow membership (inventory, hostfile, known_hosts, and when the
-master sends Ganglia's config), the health checks (a knock on every worker's ssh port,
-Ansible's ping, the prune), the health record in the repository (`record`), the state
-those jobs share, and taking `master` over from a silent master (`takeover`, the jobs
-the other nodes run).  Membership here is the registrations the cluster key signed
+Owns the views that follow membership (inventory, hostfile, known_hosts), the health
+checks (a knock on every worker's ssh port, Ansible's ping, the prune), the health record
+in the repository (`record`), the convergence of every node to its desired state (its
+role's playbooks, the cluster files, a worker's Ganglia config, sent as tasks), the state
+those jobs share, and taking `master` over from a silent master (`takeover`, the jobs the
+other nodes run).  Membership here is the registrations the cluster key signed
 (`members`): nothing else reaches a view or a ping.  It never schedules itself: the node
 agent runs these jobs while it is master (`takeover`'s while it is not).
 """

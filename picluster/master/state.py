@@ -1,17 +1,16 @@
-"""What the master's jobs share: the poll's render and the reach and ping jobs run in
-threads of their own, so all they keep between runs lives here, under one lock."""
+"""What the master's jobs share: the poll's render and the reach, ping and converge jobs
+run in threads of their own, so all they keep between runs lives here, under one lock."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from picluster import ganglia
-from picluster.ganglia import GangliaConfig
-from picluster.gitstore import Snapshot
-from picluster.registry import ClusterVars, Member, Membership
+from picluster.master.desired import Attempts, Settle, Want
+from picluster.registry import ClusterVars, Membership
 from picluster.settings import Settings
 
 __all__ = ["MasterState"]
@@ -21,14 +20,21 @@ class MasterState:
     """The master's memory between jobs.  Every method holds the lock for its own few
     steps only: nothing slow (git, Ansible, a file) ever runs under it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         # ("reach" or "ping", mac) -> consecutive failed pings of that kind
         self._misses: dict[tuple[str, str], int] = {}
         self._answering: set[str] | None = None  # IPs that answered the last port knock
         self._seen: tuple[Membership, ClusterVars] | None = None  # as the last render saw
         self._leaving: set[str] = set()  # MACs being pruned: gone from the views already
-        self._sends = ganglia.Sends(settings)  # the Ganglia configs sent to workers
+        # What was sent to each node to converge it: a run that did not apply goes again
+        # after 10 polls, then 20, 40, ... an hour at most.
+        self._attempts = Attempts(10 * settings.poll_interval)
+        # The membership convergence acts on: still for 2 polls, or 10 after a change.
+        self._settle: Settle[Membership] = Settle(2 * settings.poll_interval,
+                                                  10 * settings.poll_interval)
         self._said_offline = False
         self._checked: set[str] = set()  # the MACs the health checks cover
 
@@ -61,11 +67,26 @@ class MasterState:
         with self._lock:
             return self._seen
 
-    def ganglia_due(self, snapshot: Snapshot, workers: Iterable[Member],
-                    config: GangliaConfig) -> list[Member]:
-        """The workers to send `config` to now (`ganglia.Sends.due`)."""
+    # -- convergence -------------------------------------------------------------------
+
+    def settled(self, membership: Membership) -> Membership | None:
+        """The membership to converge: `membership` once it held still (`Settle`); the
+        one before meanwhile; None before the first."""
+        key = (membership.master, tuple(sorted(
+            (m.mac, m.ip, m.hostname, m.cores, m.host_key) for m in membership.members)))
         with self._lock:
-            return self._sends.due(snapshot, workers, config)
+            return self._settle.offer(key, membership, self._clock())
+
+    def due(self, mac: str, want: Want, reported: str | None, pending: set[str],
+            done: set[str]) -> bool:
+        """Whether to send `want` to `mac` now (`Attempts.due`)."""
+        with self._lock:
+            return self._attempts.due(mac, want, reported, pending, done, self._clock())
+
+    def sent(self, mac: str, want: Want, task_id: str) -> int:
+        """Note a send; returns how many times in a row this digest went to `mac`."""
+        with self._lock:
+            return self._attempts.sent(mac, want, task_id, self._clock())
 
     # -- health ------------------------------------------------------------------------
 
@@ -110,7 +131,7 @@ class MasterState:
         """`mac` left: should it come back, it starts afresh."""
         with self._lock:
             self._misses = {key: n for key, n in self._misses.items() if key[1] != mac}
-            self._sends.forget(mac)
+            self._attempts.forget(mac)
 
     def say_offline(self, offline: bool) -> bool:
         """Whether to say that this node is offline: only when it just became so."""

@@ -3,8 +3,8 @@ known_hosts, rendered deterministically (the same membership always gives the sa
 so a view is rewritten, and its users restarted, only when it changes).
 
 `Views` keeps them, and this node's Ganglia config, current on the master: installed here
-first, then the inventory and hostfile committed for everyone, and each worker sent the
-Ganglia config its gmond should run.
+first, then the inventory and hostfile committed for everyone.  (Workers get theirs, and
+the cluster files, through the `converge` job.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 from picluster import ganglia, layout
 from picluster.files import install_file
-from picluster.ganglia import GangliaConfig
 from picluster.gitstore import ClusterRepo, Put, Snapshot
 from picluster.identity import NodeIdentity
 from picluster.master.members import Members
@@ -73,12 +72,11 @@ class _Installed(NamedTuple):
     snapshot: Snapshot
     membership: Membership
     views: RenderedViews
-    config: GangliaConfig
 
 
 class Views:
-    """The master's views and Ganglia configs, following the verified registry as last
-    synced, less the nodes being pruned."""
+    """The master's views and its own Ganglia config, following the verified registry as
+    last synced, less the nodes being pruned."""
 
     def __init__(self, settings: Settings, repo: ClusterRepo,
                  node: Callable[[], NodeIdentity], daemons: ganglia.Daemons,
@@ -94,24 +92,18 @@ class Views:
         self._installing = threading.Lock()
 
     def render(self) -> None:
-        """Install the views and Ganglia config here, commit the inventory and hostfile,
-        and send their Ganglia config to the workers that need it."""
+        """Install the views and Ganglia config here, then commit the inventory and
+        hostfile."""
         installed = self._install()
         if installed is None:
             return
-        snapshot, membership, views, config = installed
+        snapshot, membership, views = installed
         if any(snapshot.read(path) != text for path, text in views.files().items()):
             # Compare-and-set, rendered again from the tip it lands on: a render that
             # lost the race never commits views older than the winner's.
             self._repo.transact(self._committed_views,
                                 f"render inventory and hostfile for {len(membership.members)} "
                                 "nodes")
-        settings = self._settings
-        # Without a signing key of its own the master signs with the cluster key, trusted
-        # as "cluster" (picluster trust cluster_key.pub --name cluster).
-        ganglia.send(self._repo, self._state.ganglia_due(snapshot, membership.workers, config),
-                     config, settings.signing_key or settings.ssh_key,
-                     settings.signer if settings.signing_key else "cluster")
 
     @contextmanager
     def without(self, macs: set[str]) -> Iterator[None]:
@@ -155,7 +147,7 @@ class Views:
                          len(config.members), config.master_ip, config.gmond_port)
             self._daemons.ensure(is_master=True, own_ip=me.ip)
             self._state.saw(membership, cluster)
-        return _Installed(snapshot, membership, views, config)
+        return _Installed(snapshot, membership, views)
 
     def _committed_views(self, tip: Snapshot) -> list[Put]:
         # transact() leaves out what is unchanged: no commit when the tip has these views.

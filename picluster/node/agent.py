@@ -10,7 +10,8 @@
 *   ... and a flusher thread pushes outcomes, each with the removal of its pending file,
     in one commit per batch, then forgets them locally.
 *   While the node holds `master`, two more jobs knock on and ping the workers every
-    `ping_interval`, and the poll renders the views, keeps a job per signed schedule and
+    `ping_interval`, a third converges every node to its desired state every
+    `poll_interval`, and the poll renders the views, keeps a job per signed schedule and
     removes old outcomes (picluster.master).  Every node moves its beacon (`beat`); every
     other node watches the master's (`watch`) and takes `master` over when it is its turn
     (picluster.master.takeover).
@@ -146,9 +147,9 @@ class Agent:
     # -- the jobs ----------------------------------------------------------------------
 
     def schedule(self) -> None:
-        """Add and remove jobs to match this node's role: `poll` and `beat` always, `reach`
-        and `ping` while master, `watch` while not.  A master's first poll and ping wait
-        for `master_grace` after start, so every node can register first; a node that
+        """Add and remove jobs to match this node's role: `poll` and `beat` always, `reach`,
+        `ping` and `converge` while master, `watch` while not.  A master's first poll and ping
+        wait for `master_grace` after start, so every node can register first; a node that
         becomes master later starts pinging at once, if the grace has passed."""
         with self._scheduling:
             self._schedule()
@@ -164,12 +165,15 @@ class Agent:
         if self.scheduler.get_job("beat") is None:
             self._every("beat", self.succession.beat, self.succession.beat_interval,
                         self.clock())
-        for name, job, wanted in (("reach", self.master.reach, self.is_master),
-                                  ("ping", self.master.ping, self.is_master),
-                                  ("watch", self.watch, not self.is_master)):
+        ping, poll = self.settings.ping_interval, self.settings.poll_interval
+        for name, job, every, wanted in (
+                ("reach", self.master.reach, ping, self.is_master),
+                ("ping", self.master.ping, ping, self.is_master),
+                ("converge", self.master.converge, poll, self.is_master),
+                ("watch", self.watch, ping, not self.is_master)):
             scheduled = self.scheduler.get_job(name) is not None
             if wanted and not scheduled:
-                self._every(name, job, self.settings.ping_interval, first)
+                self._every(name, job, every, first)
             elif not wanted and scheduled:
                 self.scheduler.remove_job(name)
 

@@ -1,12 +1,13 @@
-"""The catalogue a node runs: the built-ins, `register`, `run` and Ganglia's `ganglia`, and
-(`installed`) the tasks installed packages add."""
+"""The catalogue a node runs: the built-ins, `register`, `run`, Ganglia's `ganglia`, the
+tasks through which the master configures it (`playbook` and `hosts`), and (`installed`)
+the tasks installed packages add."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
-from picluster import ganglia, plugins, tasks
+from picluster import cluster_files, ganglia, playbook_task, plugins, tasks
 from picluster.identity import identify
 from picluster.node import command
 from picluster.registry import registration_ops
@@ -15,7 +16,8 @@ from picluster.tasks import Catalogue, TaskContext
 
 __all__ = ["catalogue", "installed"]
 
-catalogue = Catalogue(tasks.catalogue, ganglia.catalogue, command.catalogue)
+catalogue = Catalogue(tasks.catalogue, ganglia.catalogue, command.catalogue,
+                      playbook_task.catalogue, cluster_files.catalogue)
 
 
 @catalogue.task("register", Schema())

@@ -1,0 +1,116 @@
+"""Convergence: seconds from a node's registration until every playbook of its role is
+applied by its own `playbook` tasks (and its cluster files are current), the tasks and
+commits that took; then, after `lab kill` of one worker, seconds until every surviving
+node's cluster hostfile no longer lists it.
+
+    sudo python bench/convergence.py [--nodes 4]
+
+One --fast lab (netns nodes: the playbooks run in check mode), removed afterwards.
+Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime
+
+from common import emit
+
+from picluster import layout
+from picluster.gitstore import ClusterRepo
+from picluster.lab import Lab
+from picluster.master.desired import progress
+from picluster.registry import read_cluster_vars, read_membership
+from picluster.settings import Settings
+from picluster.tasks import Outcome, Task
+
+
+def stamp(date: str) -> float:
+    return datetime.fromisoformat(date).timestamp()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=1200)
+    args = parser.parse_args()
+    lab = Lab(tempfile.mkdtemp(prefix="pcl-cv-", dir="/tmp"))
+    try:
+        lab.up(args.nodes, fast=True)
+        repo = ClusterRepo.from_settings(Settings.load(lab.operator_config), "bench")
+        configured: dict[str, float] = {}
+        deadline = time.monotonic() + args.timeout
+        while len(configured) < args.nodes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(configured)} nodes configured")
+            snapshot = repo.sync()
+            now = time.time()
+            for mac, node in progress(read_membership(snapshot),
+                                      read_cluster_vars(snapshot)).items():
+                if node["configured"]:
+                    configured.setdefault(mac, now)
+            time.sleep(0.5)
+        # A node registered when its ip/<mac> first landed.
+        registered = {node.mac: stamp(repo.log(layout.ip_path(node.mac), limit=1000)[-1]
+                                      ["date"]) for node in lab.nodes}
+        took = {node.name: round(configured[node.mac] - registered[node.mac], 1)
+                for node in lab.nodes}
+        first, last = min(registered.values()), max(configured.values())
+        commits = [c for c in repo.log(limit=100_000) if first - 1 <= stamp(c["date"]) <= last]
+        snapshot = repo.sync()
+        tasks: Counter[str] = Counter()
+        producers: Counter[str] = Counter()
+        for node in lab.nodes:
+            folder = layout.queue_dir(node.mac)
+            for sub in (folder, f"{folder}/done", f"{folder}/rejected"):
+                for name in snapshot.listdir(sub, files=True):
+                    text = snapshot.read(f"{sub}/{name}") or ""
+                    if sub == folder:
+                        task = Task.from_json(text, name)
+                        tasks[task.task] += 1
+                        producers[task.producer] += 1
+                    else:
+                        outcome = Outcome.from_json(text)
+                        tasks[outcome.task or "?"] += 1
+                        producers[outcome.producer or "?"] += 1
+
+        # Membership change: one worker dies; every survivor's hostfile drops it.
+        master = next(s for s in lab.status() if s.role == "master")
+        victim = next(n for n in lab.nodes if n.name != master.name)
+        survivors = [n for n in lab.nodes if n.name != victim.name]
+        killed = time.monotonic()
+        lab.kill(victim.name)
+        updated: dict[str, float] = {}
+        while len(updated) < len(survivors):
+            if time.monotonic() - killed > 300:
+                raise TimeoutError(f"hostfiles still list {victim.name}: "
+                                   f"{sorted(set(n.name for n in survivors) - set(updated))}")
+            for node in survivors:
+                path = node.settings().cluster_hostfile
+                if node.name not in updated and f"{victim.ip} " not in path.read_text():
+                    updated[node.name] = round(time.monotonic() - killed, 1)
+            time.sleep(0.2)
+        settings = lab.nodes[0].settings()
+        emit({"benchmark": "convergence", "nodes": args.nodes, "lab": "netns, --fast",
+              "poll_interval_s": settings.poll_interval, "master_grace_s": settings.master_grace,
+              "registration_to_configured_s": took,
+              "max_registration_to_configured_s": max(took.values()),
+              "median_registration_to_configured_s": statistics.median(took.values()),
+              "tasks": sum(tasks.values()), "tasks_by_name": dict(tasks),
+              "task_producers": dict(producers),
+              "commits_during_convergence": len(commits),
+              "enqueue_commits": sum(c["subject"].startswith("enqueue") for c in commits),
+              "kill_to_hostfiles_updated_s": max(updated.values()),
+              "hostfile_updated_per_node_s": updated,
+              "prune_bound_s": settings.ping_interval * settings.prune_after
+              + settings.poll_interval})
+    finally:
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()
