@@ -13,7 +13,8 @@ What a node applied is a digest of the playbook's text, the shipped defaults
 (group_vars) and the arguments it ran with; it reports it in its facts (`playbooks`) and
 the master compares.  A node that cannot change its own system (no systemd: a lab's
 network-namespace node; `own_system` in group_vars decides) runs what the playbooks mark
-so in check mode: its outcome and its facts say so, never a plain "ok".
+so in check mode, and so does a playbook that finds the node lacks what it needs (the NFS
+ones, on a kernel without NFS): the outcome and the facts say so, never a plain "ok".
 """
 
 from __future__ import annotations
@@ -208,8 +209,12 @@ def _inventory(args: Mapping[str, Any], node: NodeIdentity, hostname: str) -> di
 def _result(args: Mapping[str, Any], applied_digest: str, run: ansible.AnsibleRun,
             ip: str, settings: Settings) -> dict[str, Any]:
     host = run.hosts.get(ip)
-    manager = run.facts.get(ip, {}).get("ansible_service_mgr")
-    mode = "unknown" if not manager else "real" if manager == "systemd" else "check"
+    facts = run.facts.get(ip, {})
+    manager = facts.get("ansible_service_mgr")
+    # A playbook's own reason to only check (the NFS ones, on a kernel without NFS).
+    reason = facts.get("picluster_check_mode")
+    reason = reason if isinstance(reason, str) and reason else None
+    mode = "unknown" if not manager else "check" if manager != "systemd" or reason else "real"
     stats = run.stats.get(ip, {})
     result: dict[str, Any] = {
         "playbook": args["playbook"], "group": args["group"], "digest": applied_digest,
@@ -218,10 +223,12 @@ def _result(args: Mapping[str, Any], applied_digest: str, run: ansible.AnsibleRu
                   "failed": stats.get("failures", 0), "skipped": stats.get("skipped", 0),
                   "unreachable": stats.get("dark", 0), "ignored": stats.get("ignored", 0)},
         "rc": run.rc, "seconds": round(run.seconds, 1)}
-    if mode == "check":
+    if mode == "check" and manager != "systemd":
         result["note"] = (f"this node cannot change its own system (its service manager is "
                           f"{manager}, not systemd): the tasks the playbook marks so ran in "
                           "check mode and changed nothing")
+    elif mode == "check":
+        result["note"] = f"{reason}: the playbook ran in check mode and changed nothing"
     if host is None:
         result["message"] = (f"no host ran the playbook (ansible-playbook exit {run.rc}); its "
                              f"output is under {settings.ansible_dir / 'here' / 'artifacts'}")

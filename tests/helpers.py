@@ -119,6 +119,22 @@ def status_of(lab: Lab, name: str) -> NodeStatus:
     return {n.name: n for n in lab.status()}[name]
 
 
+_READ_XML = """
+import re, socket, sys
+with socket.create_connection((sys.argv[1], 8651), timeout=3) as sock:
+    xml = b"".join(iter(lambda: sock.recv(65536), b""))
+print(" ".join(h.decode() for h in re.findall(rb'<HOST NAME="([^"]+)"', xml)))
+"""
+
+
+def gmetad_hosts(lab: Lab, name: str) -> set[str]:
+    """The hosts in the XML of `name`'s gmetad (port 8651), read inside the lab."""
+    node = lab.node(name)
+    done = lab.exec(name, ["python3", "-c", _READ_XML, node.ip], capture_output=True,
+                    text=True)
+    return set(done.stdout.split())
+
+
 def wait_until(condition: Callable[[], object], timeout: float, what: str,
                interval: float = 0.2) -> object:
     deadline = time.monotonic() + timeout

@@ -1,9 +1,10 @@
 """Machine nodes (`picluster lab up --machines`): Pis with a system of their own.
 
 One 4-node machine lab serves the module, in this order: the nodes as they first booted,
-the services systemd runs, a power cut, MPI from a worker, then cards that boot a fifth
-and sixth node, and the lab's removal.  Everything here is marked `lab` (root, namespaces,
-systemd-nspawn); the first run on a machine builds the image (minutes).
+what they installed on themselves, the services systemd runs, a power cut, MPI from a
+worker, then cards that boot a fifth and sixth node, and the lab's removal.  Everything
+here is marked `lab` (root, namespaces, systemd-nspawn); the first run on a machine builds
+the image (minutes).
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import run_cli, status_of, wait_until
+from helpers import gmetad_hosts, run_cli, status_of, wait_until
 from test_lab import in_root_namespace, lab_namespaces, marked_processes
 
+from picluster import layout, playbook_task
+from picluster.cluster_files import BEGIN, END
 from picluster.gitstore import ClusterRepo
 from picluster.lab import Lab, LabError, preflight
 from picluster.lab.image import BASE_PACKAGES, Image, ensure_wheelhouse
 from picluster.lab.machines import blank_card, mounts_under
 from picluster.provision.wheels import SUMS, WHEELS_DIR, sha256
 from picluster.queue import outcome_of
+from picluster.tasks import Outcome
 
 pytestmark = pytest.mark.lab
 
@@ -104,6 +109,54 @@ def test_the_image_has_what_raspberry_pi_os_lite_has_and_nothing_of_ours(lab: La
     assert (image.root / "etc/hostname").read_text() == "raspberrypi\n"
 
 
+# -- the nodes configure themselves --------------------------------------------------------
+
+
+def status(lab: Lab) -> dict[str, dict[str, Any]]:
+    """`picluster status --json`, as the lab's operator runs it, by hostname."""
+    done = run_cli("status", "--json", config=lab.operator_config)
+    assert done.returncode == 0, done.stderr
+    return {node["hostname"]: node for node in json.loads(done.stdout)["nodes"]}
+
+
+def playbook_runs(lab: Lab, mac: str, tmp_path: Path) -> list[Outcome]:
+    """The outcomes of the `playbook` tasks node `mac` ran."""
+    repo = ClusterRepo(url=str(lab.bare_repo), clone_dir=tmp_path / "runs", writer="test")
+    snapshot = repo.sync()
+    folder = f"{layout.queue_dir(mac)}/done"
+    found = [Outcome.from_json(snapshot.read(f"{folder}/{name}") or "")
+             for name in snapshot.listdir(folder, files=True)]
+    return [outcome for outcome in found if outcome.task == playbook_task.TASK]
+
+
+def test_each_node_installed_openmpi_and_ganglia_by_its_own_playbook_tasks(
+        lab: Lab, tmp_path: Path) -> None:
+    nodes = status(lab)  # `lab up` returned once every node was configured
+    assert sorted(nodes) == NODES
+    for name, node in nodes.items():
+        group = "master" if node["role"] == "master" else "nodes"
+        assert node["configured"] and list(node["playbooks"]) == list(
+            playbook_task.ROLES[group]), (name, node)
+        # A machine of its own changes itself for real; only NFS, which this kernel
+        # lacks, ran in check mode.
+        assert {playbook: entry["check"] for playbook, entry in node["playbooks"].items()} \
+            == {playbook: playbook.startswith("nfs") for playbook in node["playbooks"]}
+        packages = ["openmpi-bin", "python3-mpi4py", "ganglia-monitor",
+                    *(["gmetad"] if group == "master" else [])]
+        states = on(lab, name, "dpkg-query -W -f '${db:Status-Status}\\n' " + " ".join(packages))
+        assert states.split() == ["installed"] * len(packages), (name, states)
+        runs = playbook_runs(lab, node["mac"], tmp_path / name)
+        assert {run.result["playbook"] for run in runs} == set(playbook_task.ROLES[group])
+        assert all(run.status == "ok" and run.producer == "cluster" for run in runs)
+        for run in runs:
+            nfs = run.result["playbook"].startswith("nfs")
+            assert run.result["mode"] == ("check" if nfs else "real"), run.result
+            assert ("this kernel has no NFS" in run.result.get("note", "")) is nfs
+    master = next(name for name, node in nodes.items() if node["role"] == "master")
+    wait_until(lambda: gmetad_hosts(lab, master) == set(NODES), 60,
+               f"{master}'s gmetad to list every node")
+
+
 # -- systemd runs the agent ----------------------------------------------------------------
 
 
@@ -175,11 +228,6 @@ def test_a_power_cut_node_is_pruned_then_boots_from_its_own_disk(lab: Lab) -> No
 
 
 def test_picluster_mpirun_from_a_worker_runs_a_rank_on_every_node(lab: Lab) -> None:
-    master = next(node.name for node in lab.status() if node.role == "master")
-    apply = lab.exec(master, ["picluster", "apply", "openmpi"], capture_output=True,
-                     text=True, timeout=300)
-    assert apply.returncode == 0, apply.stdout + apply.stderr
-
     ranks = lab.mpirun(["-np", "4", "--map-by", "node", "hostname"], node=worker(lab),
                        capture_output=True, text=True, timeout=120)
     assert ranks.returncode == 0, ranks.stderr
@@ -209,8 +257,14 @@ def test_a_card_without_a_hostname_names_the_node_after_its_mac(lab: Lab,
     node = lab.add_node(card_for(lab, tmp_path / "card"), timeout=300)
     expected = f"pi-{node.mac[-6:]}"
     assert on(lab, node.name, "hostname") == expected
-    facts = run_cli("--config", str(lab.operator_config), "status", "--json")
-    assert expected in [entry["hostname"] for entry in json.loads(facts.stdout)["nodes"]]
+    # It configured itself, and every node's cluster files list all five.
+    assert status(lab)[expected]["configured"]
+    names = {*NODES, expected}
+    for name in [*NODES, node.name]:
+        hosts = on(lab, name, f"sed -n '/^{BEGIN}$/,/^{END}$/p' /etc/hosts")
+        assert {line.split()[1] for line in hosts.splitlines()[1:-1]} == names, (name, hosts)
+        hostfile = on(lab, name, "grep -v '^#' /etc/picluster/hostfile")
+        assert len(hostfile.splitlines()) == 5, (name, hostfile)
 
 
 def test_a_tampered_card_stops_first_boot_with_one_line(lab: Lab, tmp_path: Path) -> None:

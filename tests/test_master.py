@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from helpers import Cluster, ip_of, mac_of, master_of, status_of, wait_until
+from helpers import Cluster, gmetad_hosts, ip_of, mac_of, master_of, status_of, wait_until
 
 from picluster import ansible, layout
 from picluster.identity import NodeIdentity
@@ -174,21 +174,6 @@ def test_render_installs_and_commits_once(master: Master) -> None:
 
 
 # -- end to end, on the lab (--fast: ping every 2 s, prune after 2, poll every 1 s) -------
-
-_READ_XML = """
-import re, socket, sys
-with socket.create_connection((sys.argv[1], 8651), timeout=3) as sock:
-    xml = b"".join(iter(lambda: sock.recv(65536), b""))
-print(" ".join(h.decode() for h in re.findall(rb'<HOST NAME="([^"]+)"', xml)))
-"""
-
-
-def gmetad_hosts(lab: Lab, master_name: str) -> set[str]:
-    """The hosts in gmetad's XML, read from the master's port 8651 inside the lab."""
-    master = lab.node(master_name)
-    done = lab.exec(master.name, ["python3", "-c", _READ_XML, master.ip],
-                    capture_output=True, text=True)
-    return set(done.stdout.split())
 
 
 def views(lab: Lab) -> dict[str, object]:

@@ -1,6 +1,7 @@
 """The `playbook` task (picluster.playbook_task): the roles' playbooks, what each reads of
 the cluster, its schema, its digest, and a run's outcome and fact; Ansible replaced by a
-script here (real runs: tests/test_lab_converge.py and tests/test_playbooks.py)."""
+script here (real runs: tests/test_converge.py, tests/test_machines.py and
+tests/test_playbooks.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from picluster import ansible, apply, playbook_task
 from picluster.identity import NodeIdentity
@@ -103,7 +105,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def script(monkeypatch: pytest.MonkeyPatch, *, manager: str | None = "process_api",
-           failed: bool = False, ran: bool = True) -> list[dict[str, Any]]:
+           failed: bool = False, ran: bool = True,
+           facts: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """ansible.playbook_here answers as a run would; records what it was given."""
     calls: list[dict[str, Any]] = []
 
@@ -120,7 +123,7 @@ def script(monkeypatch: pytest.MonkeyPatch, *, manager: str | None = "process_ap
             2 if failed else 0, "failed" if failed else "successful", {host: result}, 4.2,
             {host: {"ok": 3, "changed": 1, "failures": int(failed), "skipped": 2,
                     "dark": 0}},
-            {host: {"ansible_service_mgr": manager}} if manager else {})
+            {host: {"ansible_service_mgr": manager, **(facts or {})}} if manager else {})
 
     monkeypatch.setattr(ansible, "playbook_here", fake)
     return calls
@@ -165,6 +168,30 @@ def test_on_a_machine_of_its_own_a_run_is_real(settings: Settings,
     result = run_task(settings, NFS_CLIENT)
     assert result["mode"] == "real" and "note" not in result
     assert playbook_task.applied(settings)["nfs-client"]["check"] is False
+
+
+def test_a_playbook_that_finds_no_nfs_in_the_kernel_says_it_only_checked(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    script(monkeypatch, manager="systemd",
+           facts={"kernel_has_nfs": False,
+                  "picluster_check_mode": "this kernel has no NFS client (nfs)"})
+    result = run_task(settings, NFS_CLIENT)
+    assert result["mode"] == "check"
+    assert result["note"] == ("this kernel has no NFS client (nfs): the playbook ran in "
+                              "check mode and changed nothing")
+    assert playbook_task.applied(settings)["nfs-client"]["check"] is True
+
+
+def test_the_nfs_playbooks_look_for_nfs_in_the_kernel_before_anything_else() -> None:
+    for name, fs in (("nfs-client", "nfs"), ("nfs-server", "nfsd")):
+        (play,) = yaml.safe_load(apply.resolve(name).read_text())
+        assert play["check_mode"] == "{{ nfs_check_only }}"
+        assert "kernel_has_nfs" in play["vars"]["nfs_check_only"]
+        probe, note = play["tasks"][:2]
+        assert f"grep -qw {fs} /proc/filesystems" in probe["ansible.builtin.shell"]
+        assert probe["check_mode"] is False and probe["failed_when"] is False
+        assert set(note["ansible.builtin.set_fact"]) == {"kernel_has_nfs",
+                                                         "picluster_check_mode"}
 
 
 def test_a_failed_run_is_an_error_that_keeps_its_result_and_what_was_applied(

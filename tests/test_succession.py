@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from helpers import Cluster, ip_of, mac_of, master_of, status_of, wait_until
+from helpers import Cluster, gmetad_hosts, ip_of, mac_of, master_of, status_of, wait_until
 
 from picluster import ansible, layout
 from picluster.gitstore import ClusterRepo, Put, Snapshot
@@ -369,19 +369,6 @@ def test_a_worker_watches_and_beats_and_a_master_only_beats(cluster: Cluster) ->
 
 
 # -- end to end, on the lab (--fast: ping every 2 s, prune after 2, poll every 1 s) -------
-
-_READ_XML = """
-import re, socket, sys
-with socket.create_connection((sys.argv[1], 8651), timeout=3) as sock:
-    xml = b"".join(iter(lambda: sock.recv(65536), b""))
-print(" ".join(h.decode() for h in re.findall(rb'<HOST NAME="([^"]+)"', xml)))
-"""
-
-
-def gmetad_hosts(lab: Lab, name: str) -> set[str]:
-    node = lab.node(name)
-    done = lab.exec(name, ["python3", "-c", _READ_XML, node.ip], capture_output=True, text=True)
-    return set(done.stdout.split())
 
 
 def hostfile_of(lab: Lab, name: str) -> set[str]:

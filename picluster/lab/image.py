@@ -63,9 +63,11 @@ BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "openssh-server"
                  # needs python3-cffi-backend-api-*, which this one provides.
                  "python3-cffi-backend")
 # The node's mirror: what picluster-firstboot.sh installs (git, python3-venv), and what the
-# playbooks do (openmpi, ganglia; Ansible's apt module needs python3-apt).
+# playbooks do (openmpi, ganglia, nfs; Ansible's apt module needs python3-apt).  The NFS
+# packages are there for the NFS playbooks' check mode: this kernel has no NFS to run them.
 NODE_PACKAGES = ("git", "python3-venv", "openssh-client", "python3-apt", "openmpi-bin",
-                 "libopenmpi-dev", "python3-mpi4py", "ganglia-monitor", "gmetad")
+                 "libopenmpi-dev", "python3-mpi4py", "ganglia-monitor", "gmetad",
+                 "nfs-common", "nfs-kernel-server")
 # Where nodes see the local repository, and the apt source that names it.
 APT_MOUNT = "/srv/picluster-lab/debs"
 _APT_SOURCE = f"deb [trusted=yes] file:{APT_MOUNT} ./\n"

@@ -57,8 +57,10 @@ from picluster.lab.net import (
 from picluster.lab.procs import Processes, tail
 from picluster.lab.status import Convergence, LabState, NodeStatus, parse_hostfile
 from picluster.layout import MASTER, ip_path
+from picluster.master.desired import progress
 from picluster.provision import BootError, anchor_text
 from picluster.provision.wheels import build_wheel
+from picluster.registry import read_cluster_vars, read_membership
 from picluster.settings import DEFAULTS
 
 __all__ = ["GIT_MODES", "Lab", "Report"]
@@ -70,6 +72,9 @@ _GIT_DAEMON_PORT = 9418
 _STATE = "lab.json"
 # Seconds `up` waits for the cluster after the master's grace period, by default.
 _TIMEOUT, _MACHINE_TIMEOUT = 180.0, 600.0
+# Seconds machine nodes have to install what their role's playbooks install (apt, from
+# the lab's local repository), once registered.
+_CONFIGURE_TIMEOUT = 900.0
 # Everything `up` creates inside the lab directory; `down` removes exactly these.
 _OWNED = (_STATE, "keys", "git", "nodes", "observer", "operator", "operator.conf", "wheel")
 # ssh's ControlPath (Settings.ssh_command) is <home>/ssh/cm-<40 hex>, and ssh binds it
@@ -256,8 +261,9 @@ class Lab:
            report: Report = _quiet) -> Convergence:
         """Build and boot a lab of `nodes` nodes (machine nodes with `machines`); return once
         the cluster is usable: every node registered, a master elected, and every node in
-        the master's MPI hostfile.  `timeout` defaults to 180 s (600 s for machine nodes,
-        which install picluster first) after the master's grace period.
+        the master's MPI hostfile; machine nodes also configured (`configured`).  `timeout`
+        defaults to 180 s (600 s for machine nodes, which install picluster first) after
+        the master's grace period, and 900 s more for machine nodes to configure themselves.
 
         On an error the lab is left as it is, to be looked at; `down` removes it.
         """
@@ -338,7 +344,42 @@ class Lab:
             self._start_node(node)
             if designated:
                 self.converge(wait, report, [node], hostfile=False)
-        return self.converge(wait + self._grace() if timeout is None else wait, report)
+        converged = self.converge(wait + self._grace() if timeout is None else wait, report)
+        if machines:
+            # A machine node has OpenMPI and Ganglia only once its own playbook tasks
+            # installed them: the cluster is usable then, not at registration.
+            self.configured(_CONFIGURE_TIMEOUT if timeout is None else wait, report)
+        return converged
+
+    def configured(self, timeout: float = 900.0, report: Report = _quiet,
+                   nodes: Sequence[Node] | None = None) -> dict[str, dict[str, Any]]:
+        """Wait until every node (or every one of `nodes`) is configured as `picluster
+        status` says it: its role's playbooks applied (by its own `playbook` tasks) and
+        the current cluster files.  Returns each node's progress, by name; a node whose
+        playbook failed is named in the error, with the failing task's message."""
+        nodes = self.nodes if nodes is None else nodes
+        observer = self._observer()
+        deadline = time.monotonic() + timeout
+        while True:
+            snapshot = observer.sync()
+            found = progress(read_membership(snapshot), read_cluster_vars(snapshot))
+            by_name = {node.name: found[node.mac] for node in nodes if node.mac in found}
+            done = [name for name, entry in by_name.items() if entry["configured"]]
+            report("configuring: each node applies its role's playbooks", len(done),
+                   len(nodes))
+            if len(done) == len(nodes):
+                return by_name
+            if time.monotonic() >= deadline:
+                failed = [f"{name}: {playbook} failed at '{entry['task']}': {entry['message']}."
+                          for name, node in sorted(by_name.items())
+                          for playbook, entry in node["playbooks"].items()
+                          if entry["state"] == "failed"]
+                waiting = [node.name for node in nodes if node.name not in done]
+                raise LabError(" ".join([f"not configured after {timeout:.0f} s: "
+                                         f"{', '.join(waiting)}.", *failed,
+                                         f"See `picluster --config {self.operator_config} "
+                                         "status`."]))
+            time.sleep(1.0)
 
     def _grace(self) -> float:
         """How long the master waits after it starts before its first render."""
@@ -352,7 +393,8 @@ class Lab:
         """Power on one more Pi whose boot partition is `boot_dir`, prepared as a real SD
         card is (`picluster prepare-boot`).  The lab copies it as the node's card and adds
         its settings (render_lab_settings; a machine node's card gets only the lab's quick
-        timings, if the lab has them); returns once the cluster is usable with it."""
+        timings, if the lab has them); returns once the cluster is usable with it (with
+        machine nodes: every node configured, `configured`)."""
         state = self.state()
         if state.nodes >= MAX_NODES:
             raise LabError(f"the lab has {MAX_NODES} nodes already", code=2)
@@ -372,6 +414,8 @@ class Lab:
             self._trust_git_host(node)
         self._start_node(node)
         self.converge(timeout)
+        if state.machines:
+            self.configured(_CONFIGURE_TIMEOUT)
         return node
 
     # -- watching -------------------------------------------------------------------------
