@@ -56,15 +56,15 @@ def test_the_block_is_appended_once_then_replaced_in_place() -> None:
     first = managed_block(mine, ["198.18.0.11 pi-1"])
     assert first == f"{mine}{BEGIN}\n198.18.0.11 pi-1\n{END}\n"
     # The operator's lines after the block stay after it.
-    edited = first + "10.0.0.1 nas\n"
+    edited = first + "198.19.0.1 nas\n"
     assert managed_block(edited, ["198.18.0.11 pi-1", "198.18.0.12 pi-2"]) == \
-        f"{mine}{BEGIN}\n198.18.0.11 pi-1\n198.18.0.12 pi-2\n{END}\n10.0.0.1 nas\n"
-    assert managed_block(managed_block(edited, []), []) == f"{mine}{BEGIN}\n{END}\n10.0.0.1 nas\n"
+        f"{mine}{BEGIN}\n198.18.0.11 pi-1\n198.18.0.12 pi-2\n{END}\n198.19.0.1 nas\n"
+    assert managed_block(managed_block(edited, []), []) == f"{mine}{BEGIN}\n{END}\n198.19.0.1 nas\n"
     assert managed_block("", ["x"]) == f"{BEGIN}\nx\n{END}\n"
     # A BEGIN whose END was deleted: only the block that ends counts; nothing of the
     # operator's between them is lost.
-    broken = f"{BEGIN}\n10.0.0.2 printer\n{BEGIN}\nold\n{END}\n"
-    assert managed_block(broken, ["new"]) == f"{BEGIN}\n10.0.0.2 printer\n{BEGIN}\nnew\n{END}\n"
+    broken = f"{BEGIN}\n198.19.0.2 printer\n{BEGIN}\nold\n{END}\n"
+    assert managed_block(broken, ["new"]) == f"{BEGIN}\n198.19.0.2 printer\n{BEGIN}\nnew\n{END}\n"
 
 
 @pytest.fixture
