@@ -1,12 +1,13 @@
 """Convergence: seconds from a node's registration until every playbook of its role is
-applied by its own `playbook` tasks (and its cluster files are current), the tasks and
+applied by its own `playbook` tasks (the last one's outcome finished), the tasks and
 commits that took; then, after `lab kill` of one worker, seconds until every surviving
 node's cluster hostfile no longer lists it.
 
-    sudo python bench/convergence.py [--nodes 4]
+    sudo python bench/convergence.py [--nodes 4] [--machines]
 
-One --fast lab (netns nodes: the playbooks run in check mode), removed afterwards.
-Prints JSON.
+One --fast lab, removed afterwards: netns nodes (the playbooks run in check mode) or, with
+--machines, machine nodes (they install OpenMPI and Ganglia for real from the lab's
+repository; `lab up` itself waits until they are configured).  Prints JSON.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from datetime import datetime
 from common import emit
 
 from picluster import layout
-from picluster.gitstore import ClusterRepo
+from picluster.gitstore import ClusterRepo, Snapshot
 from picluster.lab import Lab
+from picluster.lab.hosts import MachineNode
 from picluster.master.desired import progress
 from picluster.registry import read_cluster_vars, read_membership
 from picluster.settings import Settings
@@ -33,30 +35,45 @@ def stamp(date: str) -> float:
     return datetime.fromisoformat(date).timestamp()
 
 
+def applied(snapshot: Snapshot, mac: str) -> float:
+    """When the last of the node's playbooks first applied: the latest of each playbook's
+    first `ok` outcome."""
+    folder = f"{layout.queue_dir(mac)}/done"
+    first: dict[str, float] = {}
+    for name in snapshot.listdir(folder, files=True):
+        outcome = Outcome.from_json(snapshot.read(f"{folder}/{name}") or "")
+        if outcome.task == "playbook" and outcome.status == "ok" and outcome.finished_at:
+            playbook = str(outcome.result["playbook"])
+            at = stamp(outcome.finished_at)
+            first[playbook] = min(first.get(playbook, at), at)
+    return max(first.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--machines", action="store_true", help="machine nodes (systemd)")
     args = parser.parse_args()
     lab = Lab(tempfile.mkdtemp(prefix="pcl-cv-", dir="/tmp"))
     try:
-        lab.up(args.nodes, fast=True)
+        lab.up(args.nodes, fast=True, machines=args.machines)
         repo = ClusterRepo.from_settings(Settings.load(lab.operator_config), "bench")
-        configured: dict[str, float] = {}
         deadline = time.monotonic() + args.timeout
-        while len(configured) < args.nodes:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(configured)} nodes configured")
+        while True:
             snapshot = repo.sync()
-            now = time.time()
-            for mac, node in progress(read_membership(snapshot),
-                                      read_cluster_vars(snapshot)).items():
-                if node["configured"]:
-                    configured.setdefault(mac, now)
+            found = progress(read_membership(snapshot), read_cluster_vars(snapshot))
+            if len(found) == args.nodes and all(n["configured"] for n in found.values()):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("not every node configured")
             time.sleep(0.5)
-        # A node registered when its ip/<mac> first landed.
+        # A node registered when its ip/<mac> first landed, and was configured when the
+        # last of its role's playbooks first applied (its outcome's finish, its own clock:
+        # the lab's nodes share this machine's).
         registered = {node.mac: stamp(repo.log(layout.ip_path(node.mac), limit=1000)[-1]
                                       ["date"]) for node in lab.nodes}
+        configured = {node.mac: applied(snapshot, node.mac) for node in lab.nodes}
         took = {node.name: round(configured[node.mac] - registered[node.mac], 1)
                 for node in lab.nodes}
         first, last = min(registered.values()), max(configured.values())
@@ -91,11 +108,14 @@ def main() -> None:
                                    f"{sorted(set(n.name for n in survivors) - set(updated))}")
             for node in survivors:
                 path = node.settings().cluster_hostfile
+                if isinstance(node, MachineNode):
+                    path = node.on_host(path)
                 if node.name not in updated and f"{victim.ip} " not in path.read_text():
                     updated[node.name] = round(time.monotonic() - killed, 1)
             time.sleep(0.2)
         settings = lab.nodes[0].settings()
-        emit({"benchmark": "convergence", "nodes": args.nodes, "lab": "netns, --fast",
+        emit({"benchmark": "convergence", "nodes": args.nodes,
+              "lab": ("machines" if args.machines else "netns") + ", --fast",
               "poll_interval_s": settings.poll_interval, "master_grace_s": settings.master_grace,
               "registration_to_configured_s": took,
               "max_registration_to_configured_s": max(took.values()),
