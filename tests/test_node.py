@@ -5,7 +5,9 @@ import datetime as dt
 import json
 import signal
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from helpers import Cluster, mac_of, run_cli, wait_until
@@ -14,6 +16,8 @@ from picluster import layout
 from picluster.gitstore import ClusterRepo, Put
 from picluster.lab import Lab
 from picluster.node import Agent
+from picluster.node.ledger import Ledger
+from picluster.node.prompt import PromptStorage
 from picluster.queue import enqueue, make_task, outcome_of, wait_for
 from picluster.settings import Settings
 from picluster.tasks import Task
@@ -46,6 +50,22 @@ def test_the_master_waits_for_its_grace_before_polling_or_pinging(cluster: Clust
         assert agent.scheduler.get_job("ping").next_run_time == now[0]
     finally:
         agent.scheduler.shutdown(wait=False)
+
+
+def test_a_task_the_intake_queues_ends_the_consumer_s_wait(tmp_path: Path) -> None:
+    # The intake queues through the ledger (mark and message in one transaction), not
+    # through huey's enqueue: a waiting consumer thread must hear of it all the same.
+    storage = PromptStorage("picluster", filename=str(tmp_path / "huey.db"))
+    got: list[tuple[bytes | None, float]] = []
+    waiting = threading.Thread(target=lambda: got.append((storage.dequeue(),
+                                                          time.monotonic())))
+    waiting.start()
+    time.sleep(0.1)  # the thread waits in dequeue
+    queued = time.monotonic()
+    assert Ledger(storage).queue("t1", b"message", dt.datetime.now(dt.UTC))
+    waiting.join()
+    (message, taken), = got
+    assert message == b"message" and taken - queued < 0.2  # its idle wait is 0.5 s
 
 
 def test_a_worker_polls_at_once(cluster: Cluster) -> None:

@@ -135,6 +135,11 @@ class Storage(SqliteStorage):
             super().enqueue(data, priority)
         except STORE_ERRORS:
             self._held.append(data)
+        self.enqueued()
+
+    def enqueued(self) -> None:
+        """Called after a message joined the queue, through `enqueue` or the ledger's own
+        insert: a storage whose `dequeue` waits ends the wait here."""
 
     def dequeue(self) -> bytes | None:
         with contextlib.suppress(IndexError):
@@ -209,6 +214,7 @@ class Ledger:
                                (self._name, message))
         except sqlite3.IntegrityError:
             return False
+        self._storage.enqueued()
         return True
 
     def queued(self, ids: Iterable[str]) -> set[str]:

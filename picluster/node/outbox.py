@@ -25,7 +25,9 @@ __all__ = ["Outbox"]
 
 log = logging.getLogger(__name__)
 
-# Outcomes that finish close together share a commit, up to about this much JSON.
+# Pushes of outcomes come at least this far apart, so outcomes that finish close
+# together share a commit (up to about _BATCH_BYTES of JSON); one after a quiet spell
+# goes at once.
 _BATCH_WINDOW = 0.05
 _BATCH_BYTES = 4 << 20
 _PURGE_EVERY = 3600.0  # seconds between purges of the records past their keeping
@@ -82,11 +84,14 @@ class Outbox:
         self._wake.set()
 
     def _flusher(self, after_push: Callable[[], None]) -> None:
+        quiet_from = 0.0  # when the last push ended
         while not self._stopping.is_set():
             self._wake.wait()
             if self._stopping.is_set():
                 return
-            time.sleep(_BATCH_WINDOW)
+            # While pushes follow each other, what finishes during a push and the window
+            # after it waits for the next one, together.
+            time.sleep(max(0.0, quiet_from + _BATCH_WINDOW - time.monotonic()))
             self._wake.clear()
             try:
                 self.flush()
@@ -98,6 +103,7 @@ class Outbox:
                 self._failing = str(error)
             except Exception:
                 log.exception("cannot push outcomes; retrying at the next poll")
+            quiet_from = time.monotonic()
 
     def _on_rewind(self, seen: str, tip: str) -> None:
         # Under the clone's lock, in whichever thread fetched: note it, act in `flush`.

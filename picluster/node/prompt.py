@@ -2,8 +2,9 @@
 
 huey's consumer threads look for work, and sleep between looks when they find none (up to
 the consumer's `max_delay`).  That sleep would come on top of every wake-up.  On a
-storage that says it blocks, they do not sleep: `dequeue` itself waits, and the intake's
-enqueue (or huey's scheduler's, for a task with an `eta`) ends the wait.
+storage that says it blocks, they do not sleep: `dequeue` itself waits, and whatever
+queues a message (the intake, through the ledger; huey's scheduler, for a task with an
+`eta`) ends the wait.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ class PromptStorage(Storage):
         self._queued = threading.Condition()
         self._enqueues = 0  # counts enqueues, so one between a look and the wait is not missed
 
-    def enqueue(self, data: bytes, priority: int | None = None) -> None:
-        super().enqueue(data, priority)
+    def enqueued(self) -> None:
         with self._queued:
             self._enqueues += 1
             self._queued.notify_all()
