@@ -261,8 +261,9 @@ def test_a_card_without_a_hostname_names_the_node_after_its_mac(lab: Lab,
     assert status(lab)[expected]["configured"]
     names = {*NODES, expected}
     for name in [*NODES, node.name]:
-        hosts = on(lab, name, f"sed -n '/^{BEGIN}$/,/^{END}$/p' /etc/hosts")
-        assert {line.split()[1] for line in hosts.splitlines()[1:-1]} == names, (name, hosts)
+        hosts = on(lab, name, "cat /etc/hosts").splitlines()
+        block = hosts[hosts.index(BEGIN) + 1:hosts.index(END)]
+        assert {line.split()[1] for line in block} == names, (name, hosts)
         hostfile = on(lab, name, "grep -v '^#' /etc/picluster/hostfile")
         assert len(hostfile.splitlines()) == 5, (name, hostfile)
 
