@@ -86,13 +86,6 @@ def test_concurrent_writers_all_land_and_each_carries_few(cluster: Cluster) -> N
     assert git(cluster.bare, "for-each-ref", "refs/picluster") == ""  # inbox drained
 
 
-def _intents(*ages: float) -> list[inbox.Intent]:
-    """Intents of writers w0, w1, ... created `ages` seconds ago, in inbox order."""
-    now = time.time()
-    return sorted(inbox.Intent.named(f"{inbox.INBOX}/{int((now - age) * 1000):015d}-w{n}-0",
-                                     "0" * 40) for n, age in enumerate(ages))
-
-
 def test_the_first_in_line_carries_when_alone_or_main_is_quiet() -> None:
     quiet, patience, stagger = inbox._QUIET, inbox._PATIENCE, inbox._STAGGER
     assert inbox._my_turn(0, 1, still=0.0, waited=0.0)  # alone: nobody carries for it
@@ -105,12 +98,19 @@ def test_the_first_in_line_carries_when_alone_or_main_is_quiet() -> None:
     assert inbox._my_turn(3, 5, still=60.0, waited=patience + 3 * stagger)
 
 
-def test_orphans_do_not_decide_whose_turn_it_is() -> None:
-    orphan, mine, later = _intents(inbox._ORPHAN_AFTER + 5, 1.0, 0.5)
-    assert inbox._rank([orphan, mine, later], mine.ref) == 0
-    assert inbox._rank([orphan, mine, later], later.ref) == 1
-    # A writer whose own intent grew old still finds its place.
-    assert inbox._rank([orphan], orphan.ref) == 0
+def test_a_writer_behind_a_dead_one_carries_both_once_patience_runs_out(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inbox, "_PATIENCE", 0.5)
+    _push_intent(cluster, "dead", 'intent: x\n\n{"message": "late register", "ops": '
+                 '[{"op": "put", "path": "ip/dead", "content": "1\\n"}]}',
+                 int(time.time() * 1000) - 1000)
+    started = time.monotonic()
+    result = clone(cluster, "a").transact([Put("ip/a", "2\n")], "register a")
+    assert time.monotonic() - started >= 0.5 + inbox._STAGGER  # it waited its turn
+    assert result.carried == 1
+    snap = clone(cluster, "b").sync()
+    assert snap.read("ip/dead") == "1\n" and snap.read("ip/a") == "2\n"
+    assert git(cluster.bare, "for-each-ref", "refs/picluster") == ""
 
 
 def test_a_writer_that_loses_the_race_for_main_waits_for_the_winner(

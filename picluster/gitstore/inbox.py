@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 INBOX = "refs/picluster/inbox"
 # An intent older than this whose writer has not carried it is an orphan (its writer
-# died); any writer carries it, and it no longer decides whose turn it is.
+# died): the agents' polls carry it (any carrier takes it along anyway).
 _ORPHAN_AFTER = 10.0
 # The first writer in the inbox carries once main has stood still this long: a carrier
 # at work moves main more often than that (each push carries all that is pending), so a
@@ -203,23 +203,21 @@ def _wait_for_turn(clone: Clone, mine: str, watch: _Watch, message: str,
             # Someone is pushing main, and every push of main carries the inbox.
             watch.tip, watch.moved = tip, now
             continue
-        rank = _rank(intents, mine)
+        rank = [i.ref for i in intents].index(mine)
         if _my_turn(rank, len(intents), now - watch.moved, now - max(watch.moved, watch.since)):
             return tip, intents
         _check(give_up, clone, message, 1, mine)
 
 
-def _rank(intents: Sequence[Intent], mine: str) -> int:
-    """How many fresh intents are ahead of `mine` (orphans do not count)."""
-    return [i.ref for i in intents if i.age <= _ORPHAN_AFTER or i.ref == mine].index(mine)
 
 
 def _my_turn(rank: int, pending: int, still: float, waited: float) -> bool:
-    """Whether a writer carries now: `rank` fresh intents ahead of its own, `pending` in
+    """Whether a writer carries now: `rank` intents ahead of its own, `pending` in
     the inbox, main having stood still for `still` seconds, `waited` of them while this
     writer watched.  The first in line carries when it is alone (nobody waits, so nobody
     carries) or main is quiet; the one behind it when the carrier seems stalled, and so
-    on, one at a time."""
+    on, one at a time.  Age does not count: in a long storm every writer has waited long,
+    and a writer that died (an orphan's) is passed over by the patience of the next."""
     if rank == 0 and (pending == 1 or still >= _QUIET):
         return True
     return waited >= _PATIENCE + rank * _STAGGER
