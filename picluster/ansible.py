@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
-
 from picluster.settings import Settings
 
 __all__ = ["AnsibleRun", "HostResult", "answering", "inventory", "ping", "playbook",
@@ -118,6 +116,8 @@ def _run(settings: Settings, known_hosts: Path, kind: str, **kwargs: Any) -> Ans
     private = settings.ansible_dir / kind
     private.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    import ansible_runner  # the master's alone: a worker never loads it
+
     runner = ansible_runner.run(
         private_data_dir=str(private), envvars=_environment(settings, known_hosts),
         rotate_artifacts=_KEEP_ARTIFACTS, quiet=True, suppress_env_files=True, **kwargs)
