@@ -86,14 +86,17 @@ def test_concurrent_writers_all_land_and_each_carries_few(cluster: Cluster) -> N
     assert git(cluster.bare, "for-each-ref", "refs/picluster") == ""  # inbox drained
 
 
-def test_the_first_in_line_carries_when_alone_or_main_is_quiet() -> None:
+def test_the_first_in_line_carries_at_once_unless_a_storm_is_on() -> None:
     quiet, patience, stagger = inbox._QUIET, inbox._PATIENCE, inbox._STAGGER
+    storm = inbox._STORM
     assert inbox._my_turn(0, 1, still=0.0, waited=0.0)  # alone: nobody carries for it
-    assert not inbox._my_turn(0, 5, still=quiet - 0.1, waited=0.0)  # a carrier may be at work
-    assert inbox._my_turn(0, 5, still=quiet, waited=0.0)
+    assert inbox._my_turn(0, storm - 1, still=0.0, waited=0.0)
+    # In a storm a carrier may be at work: the first in line waits for main to go quiet.
+    assert not inbox._my_turn(0, storm, still=quiet - 0.1, waited=0.0)
+    assert inbox._my_turn(0, storm, still=quiet, waited=0.0)
     # Behind it, writers take over one at a time while main stands still.
-    assert not inbox._my_turn(1, 5, still=60.0, waited=patience)
-    assert inbox._my_turn(1, 5, still=60.0, waited=patience + stagger)
+    assert not inbox._my_turn(1, 2, still=60.0, waited=patience)
+    assert inbox._my_turn(1, 2, still=60.0, waited=patience + stagger)
     assert not inbox._my_turn(3, 5, still=60.0, waited=patience + 2 * stagger)
     assert inbox._my_turn(3, 5, still=60.0, waited=patience + 3 * stagger)
 

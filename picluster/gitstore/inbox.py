@@ -31,14 +31,16 @@ __all__ = ["INBOX", "Intent", "TransactResult", "carry_orphans", "land", "pendin
 log = logging.getLogger(__name__)
 
 INBOX = "refs/picluster/inbox"
+# This many intents pending at once make a storm: writers then wait for one carrier.
+_STORM = 8
 # An intent older than this whose writer has not carried it is an orphan (its writer
 # died): the agents' polls carry it (any carrier takes it along anyway).
 _ORPHAN_AFTER = 10.0
-# The first writer in the inbox carries once main has stood still this long: a carrier
-# at work moves main more often than that (each push carries all that is pending), so a
-# second carrier only joins when there is none.  A writer alone in the inbox carries at
-# once: nobody else is waiting, so nobody is carrying.
-_QUIET = 2.0
+# In a storm (`_STORM` intents or more pending) the first writer in the inbox carries
+# once main has stood still this long: a carrier at work pushes main about as often (each
+# push carries all that is pending), so a second carrier rarely joins one at work, and if
+# it does, the loser of the race steps back.  While fewer wait, it carries at once.
+_QUIET = 0.5
 # A writer further back carries itself once main has not moved for this long, plus a
 # little more per writer ahead of it: the carrier stalled or died, and its successors
 # take over one at a time, in inbox order, instead of all at once.
@@ -48,8 +50,8 @@ _STAGGER = 0.5
 # long enough to carry a storm in a few handovers, short enough that its caller (a
 # registration, a task outcome) is not held up for long.
 _DRAIN = 5.0
-# A carrier that carried others waits this long before its next push, so that one push
-# takes a batch of newcomers rather than one each.
+# A carrier that carried `_STORM` others at once waits `_GATHER` before its next push,
+# so that one push takes a batch of newcomers rather than a few each.
 _GATHER = 0.2
 # An intent's ops, as JSON: far more than a batch of outcomes (about 4 MiB) ever needs.
 _MAX_INTENT = 64 << 20
@@ -159,8 +161,8 @@ def submit(clone: Clone, ops: tuple[Op, ...], message: str, give_up: float) -> T
     mine = f"{INBOX}/{int(time.time() * 1000):015d}-{clone.writer}-{uuid.uuid4().hex[:8]}"
     clone.push("origin", f"{sha}:{mine}")
     # When main last moved, as far as this writer knows: when its tip was committed (in
-    # whole seconds, by another node's clock: a second earlier, never in the future).
-    watch = _Watch(tip, time.monotonic() - max(0.0, time.time() - clone.committed(tip) - 1.0))
+    # whole seconds, by another node's clock; never in the future).
+    watch = _Watch(tip, time.monotonic() - max(0.0, time.time() - clone.committed(tip)))
     attempts = 1
     while True:
         tip, intents = _wait_for_turn(clone, mine, watch, message, give_up)
@@ -190,11 +192,11 @@ def _wait_for_turn(clone: Clone, mine: str, watch: _Watch, message: str,
     # Polls start at once (the carrier may be done already) and slow to one every two
     # seconds: each is a round trip to the server every waiting writer polls, and a
     # carrier takes everything pending in one push, however many wait.  The next in
-    # line polls at least every half second: it takes over when the carrier is done.
-    delays = itertools.chain([0.0], backoffs(first=0.25, cap=2.0, factor=2.0))
+    # line polls at least every `_QUIET`: it takes over when the carrier is done.
+    delays = itertools.chain([0.0], backoffs(first=0.1, cap=2.0, factor=2.0))
     rank = 1
     while True:
-        time.sleep(min(next(delays), 0.5) if rank == 0 else next(delays))
+        time.sleep(min(next(delays), _QUIET) if rank == 0 else next(delays))
         tip, intents = pending(clone, give_up)
         if all(i.ref != mine for i in intents):
             return tip, intents
@@ -212,13 +214,14 @@ def _wait_for_turn(clone: Clone, mine: str, watch: _Watch, message: str,
 
 
 def _my_turn(rank: int, pending: int, still: float, waited: float) -> bool:
-    """Whether a writer carries now: `rank` intents ahead of its own, `pending` in
-    the inbox, main having stood still for `still` seconds, `waited` of them while this
-    writer watched.  The first in line carries when it is alone (nobody waits, so nobody
-    carries) or main is quiet; the one behind it when the carrier seems stalled, and so
-    on, one at a time.  Age does not count: in a long storm every writer has waited long,
-    and a writer that died (an orphan's) is passed over by the patience of the next."""
-    if rank == 0 and (pending == 1 or still >= _QUIET):
+    """Whether a writer carries now: `rank` intents ahead of its own, `pending` in the
+    inbox, main having stood still for `still` seconds (it did since the last poll),
+    `waited` of them while this writer watched.  The first in line carries at once
+    while few are waiting, in a storm once main is quiet (a carrier at work would have
+    moved it); the one behind it when the carrier seems stalled, and so on, one at a time.
+    Age does not count: in a long storm every writer has waited long, and a writer that
+    died (an orphan's) is passed over by the patience of the next."""
+    if rank == 0 and (pending < _STORM or still >= _QUIET):
         return True
     return waited >= _PATIENCE + rank * _STAGGER
 
@@ -226,26 +229,17 @@ def _my_turn(rank: int, pending: int, still: float, waited: float) -> bool:
 def _carry(clone: Clone, mine: str, message: str, tip: str, intents: list[Intent],
            changed: tuple[str, ...], attempts: int, give_up: float) -> TransactResult | int:
     """This writer's turn: carry everything pending, its own intent included, then keep
-    carrying newcomers for up to `_DRAIN`, so one writer carries a storm.  Once it carried
-    others (a storm is on), an empty inbox does not end its turn until main has stood
-    still for `_QUIET`: a newcomer waits that long before it carries itself.
+    carrying newcomers while they come, for up to `_DRAIN`, so one writer carries a storm.
     Losing the race for main to another carrier before its own intent landed returns
     the pushes made so far: that carrier is at work, and likely carries this one too."""
-    carried, landed, drain_until, last_push = 0, None, 0.0, 0.0
+    carried, landed, drain_until = 0, None, 0.0
     remote_tip = tip
     while True:
         own = any(i.ref == mine for i in intents)
-        now = time.monotonic()
-        if (not own and now > drain_until) or (not intents and not carried):
+        if not intents or (not own and time.monotonic() > drain_until):
             if remote_tip != clone.remote_tip():
                 clone.fetch_until(give_up)
             return TransactResult(landed or remote_tip, attempts, carried, changed)
-        if not intents:  # lingering: newcomers may be on their way
-            if now - last_push > _QUIET:
-                drain_until = 0.0
-            time.sleep(_GATHER)
-            remote_tip, intents = pending(clone, give_up)
-            continue
         try:
             tip = clone.fetch([i.ref for i in intents])
         except RemoteMoved:  # an intent was carried meanwhile: another carrier is at work
@@ -258,11 +252,10 @@ def _carry(clone: Clone, mine: str, message: str, tip: str, intents: list[Intent
                 return attempts
             drain_until = 0.0  # the other carrier drains the rest
         else:
-            last_push = time.monotonic()
             if own:
-                landed, drain_until = new_tip, last_push + _DRAIN
+                landed, drain_until = new_tip, time.monotonic() + _DRAIN
             carried += len(intents) - own
-            if len(intents) > own:  # others are writing: let newcomers gather
+            if len(intents) - own >= _STORM:  # a storm: let newcomers gather
                 time.sleep(_GATHER)
         remote_tip, intents = pending(clone, give_up)
 
