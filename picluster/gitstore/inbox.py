@@ -4,8 +4,9 @@ A list of ops is first published as an *intent* on a ref of its own,
 ``refs/picluster/inbox/<id>``: a push nobody else contends for.  Whoever pushes main
 next carries every pending intent into its commit and deletes the carried refs in the
 same atomic push.  Writers therefore help each other instead of fighting for the tip: a
-storm of N registrations costs about N + a few pushes, not N².  The oldest fresh
-intent's writer carries first, the others wait briefly for it.
+storm of N registrations costs about N + a few pushes, not N².  The first intent's writer
+carries, the others wait for it (`_my_turn`); in a storm, one carrier takes everything
+pending in each push.
 
 Readers of main see only the cluster's files; intents never reach main as such.
 """
@@ -209,8 +210,6 @@ def _wait_for_turn(clone: Clone, mine: str, watch: _Watch, message: str,
         if _my_turn(rank, len(intents), now - watch.moved, now - max(watch.moved, watch.since)):
             return tip, intents
         _check(give_up, clone, message, 1, mine)
-
-
 
 
 def _my_turn(rank: int, pending: int, still: float, waited: float) -> bool:
