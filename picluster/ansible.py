@@ -216,7 +216,10 @@ def _answer(host: str, process: subprocess.Popen[str], deadline: float) -> HostR
         out, err = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         process.kill()
-        process.communicate()
+        process.wait()
+        for pipe in (process.stdout, process.stderr):  # whatever it left running holds them
+            if pipe is not None:
+                pipe.close()
         return HostResult(host, "unreachable", "no answer over ssh in time")
     why = err.strip().splitlines()[-1] if err.strip() else ""
     if process.returncode == 255:
