@@ -191,13 +191,16 @@ def _wait_for_turn(clone: Clone, mine: str, watch: _Watch, message: str,
     """Wait, cheaply (ls-remote writes nothing), until another writer has carried `mine`
     or it is this writer's turn (`_my_turn`).  The remote's tip and inbox then."""
     # Polls start at once (the carrier may be done already) and slow to one every two
-    # seconds: each is a round trip to the server every waiting writer polls, and a
-    # carrier takes everything pending in one push, however many wait.  The next in
-    # line polls at least every `_QUIET`: it takes over when the carrier is done.
-    delays = itertools.chain([0.0], backoffs(first=0.1, cap=2.0, factor=2.0))
-    rank = 1
+    # seconds, in a storm every five: each is a round trip to the server every waiting
+    # writer makes, while a carrier takes everything pending in one push, however many
+    # wait.  The next in line polls at least every `_QUIET`: it takes over when the
+    # carrier is done.
+    delays = itertools.chain([0.0], backoffs(first=0.1, cap=5.0, factor=2.0))
+    rank, intents = 1, []
     while True:
-        time.sleep(min(next(delays), _QUIET) if rank == 0 else next(delays))
+        delay = next(delays)
+        time.sleep(min(delay, _QUIET) if rank == 0 else
+                   delay if len(intents) >= _STORM else min(delay, 2.0))
         tip, intents = pending(clone, give_up)
         if all(i.ref != mine for i in intents):
             return tip, intents
