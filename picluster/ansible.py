@@ -133,12 +133,12 @@ def _host_status(event: Mapping[str, Any]) -> str | None:
 
 def _run(settings: Settings, known_hosts: Path, kind: str, **kwargs: Any) -> AnsibleRun:
     # One private data dir per kind of run: rotating artifacts deletes all but the newest
-    # few, and the master's pings (every few seconds) would delete the artifacts of a
-    # playbook still running.
+    # few, and the master's `apply` would delete the artifacts of this node's own
+    # playbook still running, or the other way round.
     private = settings.ansible_dir / kind
     private.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    import ansible_runner  # the master's alone: a worker never loads it
+    import ansible_runner  # on first use: an agent loads it only once it runs a playbook
 
     runner = ansible_runner.run(
         private_data_dir=str(private), envvars=_environment(settings, known_hosts),
