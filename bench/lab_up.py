@@ -1,7 +1,11 @@
 """Lab up: seconds from `picluster lab up --nodes N --fast` until the cluster converged
 (every node's ip/<mac> on main, one master), and what the lab costs in memory.
 
-    sudo python bench/lab_up.py [--nodes 4 8 16] [--settle 5]
+    sudo python bench/lab_up.py [--nodes 4 8 16] [--settle 5] [--slow]
+
+--slow keeps a real cluster's timings (poll 30 s, ping 60 s, the master's 300 s grace)
+in place of --fast's (1 s, 2 s, 3 s): on a small machine, 64 nodes polling every second
+need more CPU than it has.
 
 Each N gets a lab of its own in a fresh directory, removed afterwards (also on failure).
 Memory: the sum of the RSS of every process in the lab's namespaces, sampled every
@@ -32,7 +36,7 @@ def lab_rss_mb(lab: Lab) -> float:
     return total
 
 
-def measure(count: int, settle: float) -> dict[str, object]:
+def measure(count: int, settle: float, fast: bool) -> dict[str, object]:
     lab = Lab(tempfile.mkdtemp(prefix="pcl-bench-", dir="/tmp"))
     peak, samples = 0.0, 0
     stop = threading.Event()
@@ -54,7 +58,7 @@ def measure(count: int, settle: float) -> dict[str, object]:
     started = now()
     sampler.start()
     try:
-        state = lab.up(count, fast=True, report=report)
+        state = lab.up(count, fast=fast, report=report)
         converged = now() - started
         stop.wait(settle)
         agents = {node.name: rss_mb(pid)
@@ -65,11 +69,13 @@ def measure(count: int, settle: float) -> dict[str, object]:
         lab.down()
     return {
         "nodes": count,
+        "fast": fast,
         "converged_s": round(converged, 2),
         # of which: building the network, keys, git server and starting every node
         "all_booted_s": round(steps["registering"] - started, 2),
         "master": state.master,
         "peak_lab_rss_mib": round(peak, 1),
+        "peak_lab_rss_mib_per_node": round(peak / count, 1),
         "rss_samples": samples,
         "agent_rss_mib": {name: round(rss, 1) for name, rss in agents.items()},
         "agent_rss_mib_mean": round(sum(agents.values()) / max(len(agents), 1), 1),
@@ -81,11 +87,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds to keep sampling memory after convergence")
+    parser.add_argument("--slow", action="store_true", help="a real cluster's timings")
     options = parser.parse_args()
     problems = preflight()
     if problems:
         parser.exit(2, "\n".join(problems) + "\n")
-    runs = [measure(count, options.settle) for count in options.nodes]
+    runs = [measure(count, options.settle, not options.slow) for count in options.nodes]
     emit({"bench": "lab_up", "cpus": os.cpu_count(), "runs": runs})
 
 

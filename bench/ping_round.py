@@ -1,11 +1,14 @@
-"""One Ansible ping round from the master, for 4, 8 and 16 nodes: wall time and the
-master's CPU (ansible and ssh included).
+"""One ping round from the master, for 4, 8 and 16 nodes: wall time and the master's CPU
+(ssh included), for the master's ping and, with --ansible, for Ansible's ping module run
+through ansible-runner (what the master ran before), in the same lab, one after the other.
 
-    sudo python bench/ping_round.py [--nodes 4 8 16] [--rounds 5]
+    sudo python bench/ping_round.py [--nodes 4 8 16] [--rounds 5] [--ansible]
 
 Each N gets a lab with default timings (the master's own pings wait out the 5-minute
 grace, so they do not interfere); the rounds run in the master's namespaces through the
-same code the master's ping job uses.  Prints JSON.
+same code the master's ping job uses.  The kept ssh connections (ControlPersist masters)
+run apart from the pinging process: their CPU is counted separately (mux_cpu_s).
+Prints JSON.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from picluster.lab import Lab
 
 # Runs inside the master node: the master's own ping, timed.
 _ROUND = """
-import json, resource, sys, time
+import json, os, resource, sys, time
+from pathlib import Path
 from picluster import ansible
 from picluster.registry import read_cluster_vars, read_membership
 from picluster.files import install_file
@@ -36,29 +40,72 @@ snapshot = ClusterRepo.from_settings(settings, "bench").sync()
 membership = read_membership(snapshot)
 install_file(settings.cluster_known_hosts, render_views(membership, "root").known_hosts)
 hosts = {m.ip: {"mac": m.mac} for m in membership.workers}
-rounds = []
-for _ in range(int(sys.argv[2]) + 1):  # the first one opens the ssh connections
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    self_before = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.monotonic()
-    run = ansible.ping(settings, hosts, read_cluster_vars(snapshot).ssh_user,
-                       settings.cluster_known_hosts)
-    wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    self_after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-           + self_after.ru_utime + self_after.ru_stime - self_before.ru_utime
-           - self_before.ru_stime)
-    rounds.append({"wall_s": wall, "cpu_s": cpu,
-                   "ok": sum(h.status == "ok" for h in run.hosts.values())})
-print(json.dumps({"hosts": len(hosts), "rounds": rounds[1:], "first": rounds[0]}))
+user = read_cluster_vars(snapshot).ssh_user
+
+
+def mux_cpu():
+    # The ControlPersist masters of this node's ssh dir: "ssh: <socket> [mux]".
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().decode(errors="replace")
+            if title.startswith("ssh: " + str(settings.ssh_dir)) and "[mux]" in title:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def ansible_module_ping():
+    # Ansible's ping module through ansible-runner: the master's ping before this change.
+    return ansible._run(settings, settings.cluster_known_hosts, "ping", module="ping",
+                        host_pattern="all", inventory=ansible.inventory({"nodes": hosts}, user),
+                        forks=max(1, len(hosts)))
+
+
+kinds = {"ssh": lambda: ansible.ping(settings, hosts, user, settings.cluster_known_hosts)}
+if sys.argv[3] == "1":
+    kinds["ansible"] = ansible_module_ping
+results = {}
+for kind, ping in kinds.items():
+    rounds = []
+    for _ in range(int(sys.argv[2]) + 1):  # the first one opens the ssh connections
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self_before = resource.getrusage(resource.RUSAGE_SELF)
+        mux_before = mux_cpu()
+        started = time.monotonic()
+        run = ping()
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self_after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+               + self_after.ru_utime + self_after.ru_stime - self_before.ru_utime
+               - self_before.ru_stime)
+        rounds.append({"wall_s": wall, "cpu_s": cpu, "mux_cpu_s": mux_cpu() - mux_before,
+                       "ok": sum(h.status == "ok" for h in run.hosts.values())})
+    results[kind] = {"rounds": rounds[1:], "first": rounds[0]}
+print(json.dumps({"hosts": len(hosts), "kinds": results}))
 """
+
+
+def summary(hosts: int, data: dict[str, object]) -> dict[str, object]:
+    rounds = data["rounds"]
+    walls = [r["wall_s"] for r in rounds]
+    return {"all_ok": all(r["ok"] == hosts for r in rounds),
+            "wall_s_median": round(statistics.median(walls), 3),
+            "wall_s_max": round(max(walls), 3),
+            "master_cpu_s_median": round(statistics.median(r["cpu_s"] for r in rounds), 3),
+            "mux_cpu_s_median": round(statistics.median(r["mux_cpu_s"] for r in rounds), 3),
+            "first_round_wall_s": round(data["first"]["wall_s"], 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ansible", action="store_true",
+                        help="also time Ansible's ping module through ansible-runner")
     args = parser.parse_args()
     results = []
     for count in args.nodes:
@@ -69,19 +116,15 @@ def main() -> None:
             script = Path(lab.dir) / "ping_round.py"
             script.write_text(_ROUND)
             done = lab.exec(master.name, [sys.executable, str(script),
-                                          str(lab.node(master.name).config), str(args.rounds)],
+                                          str(lab.node(master.name).config), str(args.rounds),
+                                          "1" if args.ansible else "0"],
                             capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(done.stderr)
             data = json.loads(done.stdout.strip().splitlines()[-1])
-            walls = [r["wall_s"] for r in data["rounds"]]
-            cpus = [r["cpu_s"] for r in data["rounds"]]
             results.append({"nodes": count, "pinged": data["hosts"],
-                            "all_ok": all(r["ok"] == data["hosts"] for r in data["rounds"]),
-                            "wall_s_median": round(statistics.median(walls), 3),
-                            "wall_s_max": round(max(walls), 3),
-                            "master_cpu_s_median": round(statistics.median(cpus), 3),
-                            "first_round_wall_s": round(data["first"]["wall_s"], 3)})
+                            **{kind: summary(data["hosts"], kind_data)
+                               for kind, kind_data in data["kinds"].items()}})
         finally:
             (Path(lab.dir) / "ping_round.py").unlink(missing_ok=True)
             lab.down()

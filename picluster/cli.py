@@ -33,6 +33,7 @@ from picluster.identity import IdentityError, identify, writer_name
 from picluster.master.desired import progress
 from picluster.node import installed, reported_facts
 from picluster.node.command import TASK as RUN
+from picluster.node.process import become_agent, log_to_stderr
 from picluster.provision import DEFAULT_MOUNT, BootError, boot, prepare_boot
 from picluster.provision.wheels import DEFAULT_ARCH, DEFAULT_PYTHON, WHEELS_DIR
 from picluster.queue import enqueue, make_task, pending_tasks, read_signers, wait_for
@@ -122,10 +123,7 @@ def main_options(
         callback=_print_version)] = False,
 ) -> None:
     ctx.obj = {"config": config, "verbose": verbose, "settings": None}
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apscheduler", "huey", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_to_stderr(verbose)
 
 
 @app.command("init-repo")
@@ -781,14 +779,9 @@ def agent_command(ctx: typer.Context) -> None:
 
     SIGINT stops gracefully (running tasks finish, outcomes are pushed); SIGTERM at once.
     """
-    from picluster.node import Agent
-
-    conf = settings(ctx)
-    try:
-        agent = Agent(conf)
-    except (IdentityError, SignatureError, TrustError) as error:
-        fail(str(error), EXIT_USAGE)
-    agent.run()
+    # In a process of its own (the same pid): none of this command line's libraries stay
+    # in the agent's memory.
+    become_agent(settings(ctx))
 
 
 @app.command("prepare-boot")

@@ -10,7 +10,16 @@ import git as gitpython
 import pytest
 from helpers import Cluster
 
-from picluster.gitstore import ClusterRepo, Create, GitError, Put, Remove, Snapshot, init_bare
+from picluster.gitstore import (
+    ClusterRepo,
+    Create,
+    GitError,
+    Put,
+    Remove,
+    Snapshot,
+    inbox,
+    init_bare,
+)
 from picluster.gitstore.errors import RemoteMoved, push_error
 
 
@@ -75,6 +84,59 @@ def test_concurrent_writers_all_land_and_each_carries_few(cluster: Cluster) -> N
     assert snap.read("master") in {f"{i}\n" for i in range(8)}
     assert sum(r.attempts for r in results.values()) <= 2 * 8
     assert git(cluster.bare, "for-each-ref", "refs/picluster") == ""  # inbox drained
+
+
+def test_the_first_in_line_carries_at_once_unless_a_storm_is_on() -> None:
+    quiet, patience, stagger = inbox._QUIET, inbox._PATIENCE, inbox._STAGGER
+    storm = inbox._STORM
+    assert inbox._my_turn(0, 1, still=0.0, waited=0.0)  # alone: nobody carries for it
+    assert inbox._my_turn(0, storm - 1, still=0.0, waited=0.0)
+    # In a storm a carrier may be at work: the first in line waits for main to go quiet.
+    assert not inbox._my_turn(0, storm, still=quiet - 0.1, waited=0.0)
+    assert inbox._my_turn(0, storm, still=quiet, waited=0.0)
+    # Behind it, writers take over one at a time while main stands still.
+    assert not inbox._my_turn(1, 2, still=60.0, waited=patience)
+    assert inbox._my_turn(1, 2, still=60.0, waited=patience + stagger)
+    assert not inbox._my_turn(3, 5, still=60.0, waited=patience + 2 * stagger)
+    assert inbox._my_turn(3, 5, still=60.0, waited=patience + 3 * stagger)
+
+
+def test_a_writer_behind_a_dead_one_carries_both_once_patience_runs_out(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inbox, "_PATIENCE", 0.5)
+    _push_intent(cluster, "dead", 'intent: x\n\n{"message": "late register", "ops": '
+                 '[{"op": "put", "path": "ip/dead", "content": "1\\n"}]}',
+                 int(time.time() * 1000) - 1000)
+    started = time.monotonic()
+    result = clone(cluster, "a").transact([Put("ip/a", "2\n")], "register a")
+    assert time.monotonic() - started >= 0.5 + inbox._STAGGER  # it waited its turn
+    assert result.carried == 1
+    snap = clone(cluster, "b").sync()
+    assert snap.read("ip/dead") == "1\n" and snap.read("ip/a") == "2\n"
+    assert git(cluster.bare, "for-each-ref", "refs/picluster") == ""
+
+
+def test_a_writer_that_loses_the_race_for_main_waits_for_the_winner(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    loser, winner = clone(cluster, "loser"), clone(cluster, "winner")
+    winner.sync()
+    real_land, raced = inbox.land, []
+
+    def land(carrier: Any, tip: str, *args: Any) -> str | None:
+        if carrier.writer == "loser" and not raced:  # the winner pushes main first
+            other = winner._clone
+            _, intents = inbox.pending(other, time.monotonic() + 10)
+            raced.append(real_land(other, other.fetch([i.ref for i in intents]), (), "",
+                                   intents))
+        return real_land(carrier, tip, *args)
+
+    monkeypatch.setattr(inbox, "land", land)
+    result = loser.transact([Put("ip/loser", "1\n")], "register loser")
+    assert raced and raced[0]  # the winner carried the loser's intent
+    assert result.attempts == 2 and result.carried == 0  # its intent, one lost push
+    assert result.commit == raced[0]
+    assert loser.snapshot().read("ip/loser") == "1\n"
+    assert git(cluster.bare, "for-each-ref", "refs/picluster") == ""
 
 
 def _push_intent(cluster: Cluster, name: str, body: str, stamp: int) -> None:

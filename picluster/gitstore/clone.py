@@ -233,6 +233,11 @@ class Clone:
         with self.mutex:
             return str(self.repo.commit(sha).message)
 
+    def committed(self, sha: str) -> float:
+        """When commit `sha` was made: epoch seconds, whole, by its committer's clock."""
+        with self.mutex:
+            return float(self.repo.commit(sha).committed_date)
+
     def commit(self, parent: str, changes: dict[str, str | None], message: str) -> str:
         """Commit `changes` (path -> content, None: delete) on `parent`; return its sha."""
         ident = f"{self.env['GIT_COMMITTER_NAME']} <{self.env['GIT_COMMITTER_EMAIL']}>"

@@ -4,8 +4,9 @@ A list of ops is first published as an *intent* on a ref of its own,
 ``refs/picluster/inbox/<id>``: a push nobody else contends for.  Whoever pushes main
 next carries every pending intent into its commit and deletes the carried refs in the
 same atomic push.  Writers therefore help each other instead of fighting for the tip: a
-storm of N registrations costs about N + a few pushes, not N².  The oldest fresh
-intent's writer carries first, the others wait briefly for it.
+storm of N registrations costs about N + a few pushes, not N².  The first intent's writer
+carries, the others wait for it (`_my_turn`); in a storm, one carrier takes everything
+pending in each push.
 
 Readers of main see only the cluster's files; intents never reach main as such.
 """
@@ -18,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from picluster.bounded import load_json
 from picluster.gitstore.clone import Clone
@@ -31,18 +32,28 @@ __all__ = ["INBOX", "Intent", "TransactResult", "carry_orphans", "land", "pendin
 log = logging.getLogger(__name__)
 
 INBOX = "refs/picluster/inbox"
+# This many intents pending at once make a storm: writers then wait for one carrier.
+_STORM = 8
 # An intent older than this whose writer has not carried it is an orphan (its writer
-# died); any writer carries it, so it never blocks the queue.  Twice _PATIENCE: a live
-# writer carries its own intent by then at the latest, so only the dead get this old.
+# died): the agents' polls carry it (any carrier takes it along anyway).
 _ORPHAN_AFTER = 10.0
-# A writer that is not first in the inbox carries itself once main has not moved for
-# this long: the carrier it waited for has died.  Generous, because a carrier that is
-# merely slow (a loaded server) must not be joined by every writer at once.
+# In a storm (`_STORM` intents or more pending) the first writer in the inbox carries
+# once main has stood still this long: a carrier at work pushes main about as often (each
+# push carries all that is pending), so a second carrier rarely joins one at work, and if
+# it does, the loser of the race steps back.  While fewer wait, it carries at once.
+_QUIET = 0.5
+# A writer further back carries itself once main has not moved for this long, plus a
+# little more per writer ahead of it: the carrier stalled or died, and its successors
+# take over one at a time, in inbox order, instead of all at once.
 _PATIENCE = 5.0
-# After its own intent landed, a carrier goes on carrying newcomers this long: long
-# enough to take in the stragglers of a storm, short enough that its caller (a
-# registration, a task outcome) is not held up noticeably.
-_DRAIN = 2.0
+_STAGGER = 0.5
+# After its own intent landed, a carrier goes on carrying newcomers this long at most:
+# long enough to carry a storm in a few handovers, short enough that its caller (a
+# registration, a task outcome) is not held up for long.
+_DRAIN = 5.0
+# A carrier that carried `_STORM` others at once waits `_GATHER` before its next push,
+# so that one push takes a batch of newcomers rather than a few each.
+_GATHER = 0.2
 # An intent's ops, as JSON: far more than a batch of outcomes (about 4 MiB) ever needs.
 _MAX_INTENT = 64 << 20
 
@@ -150,67 +161,104 @@ def submit(clone: Clone, ops: tuple[Op, ...], message: str, give_up: float) -> T
     # The name sorts by creation time: the inbox is a FIFO.
     mine = f"{INBOX}/{int(time.time() * 1000):015d}-{clone.writer}-{uuid.uuid4().hex[:8]}"
     clone.push("origin", f"{sha}:{mine}")
-    tip, intents = _wait_for_turn(clone, mine, tip, message, give_up)
-    if all(i.ref != mine for i in intents):  # another writer carried it
-        clone.fetch_until(give_up)
-        return TransactResult(tip, 1, 0, changed)
-    return _carry(clone, mine, message, tip, intents, changed, give_up)
+    # When main last moved, as far as this writer knows: when its tip was committed (in
+    # whole seconds, by another node's clock; never in the future).
+    watch = _Watch(tip, time.monotonic() - max(0.0, time.time() - clone.committed(tip)))
+    attempts = 1
+    while True:
+        tip, intents = _wait_for_turn(clone, mine, watch, message, give_up)
+        if all(i.ref != mine for i in intents):  # another writer carried it
+            clone.fetch_until(give_up)
+            return TransactResult(tip, attempts, 0, changed)
+        result = _carry(clone, mine, message, tip, intents, changed, attempts, give_up)
+        if isinstance(result, TransactResult):
+            return result
+        # Another carrier pushed main first: it is at work, so wait for it again.
+        attempts, watch.moved = result, time.monotonic()
 
 
-def _wait_for_turn(clone: Clone, mine: str, tip: str, message: str,
+@dataclass
+class _Watch:
+    """What a waiting writer saw of main: its tip, and when it last moved (monotonic)."""
+
+    tip: str
+    moved: float
+    since: float = field(default_factory=time.monotonic)  # watching since
+
+
+def _wait_for_turn(clone: Clone, mine: str, watch: _Watch, message: str,
                    give_up: float) -> tuple[str, list[Intent]]:
     """Wait, cheaply (ls-remote writes nothing), until another writer has carried `mine`
-    or it is this writer's turn: first in the inbox while nobody else is moving main, or
-    main has stood still too long (its carrier stalled).  The remote's tip and inbox then.
-    """
-    last_tip, last_move = tip, time.monotonic()
-    # Polls start at once (the carrier may be done already) and slow to one a second:
-    # each is a round trip to the server every waiting writer polls.
-    delays = itertools.chain([0.0], backoffs(first=0.1, cap=1.0, factor=2.0))
+    or it is this writer's turn (`_my_turn`).  The remote's tip and inbox then."""
+    # Polls start at once (the carrier may be done already) and slow to one every two
+    # seconds, in a storm every five: each is a round trip to the server every waiting
+    # writer makes, while a carrier takes everything pending in one push, however many
+    # wait.  The next in line polls at least every `_QUIET`: it takes over when the
+    # carrier is done.
+    delays = itertools.chain([0.0], backoffs(first=0.1, cap=5.0, factor=2.0))
+    rank, intents = 1, []
     while True:
-        time.sleep(next(delays))
+        delay = next(delays)
+        time.sleep(min(delay, _QUIET) if rank == 0 else
+                   delay if len(intents) >= _STORM else min(delay, 2.0))
         tip, intents = pending(clone, give_up)
         if all(i.ref != mine for i in intents):
             return tip, intents
-        if tip != last_tip:
+        now = time.monotonic()
+        if tip != watch.tip:
             # Someone is pushing main, and every push of main carries the inbox.
-            last_tip, last_move = tip, time.monotonic()
+            watch.tip, watch.moved = tip, now
             continue
-        fresh = [i.ref for i in intents if i.age <= _ORPHAN_AFTER] or [mine]
-        if fresh[0] == mine or time.monotonic() - last_move > _PATIENCE:
+        rank = [i.ref for i in intents].index(mine)
+        if _my_turn(rank, len(intents), now - watch.moved, now - max(watch.moved, watch.since)):
             return tip, intents
         _check(give_up, clone, message, 1, mine)
 
 
+def _my_turn(rank: int, pending: int, still: float, waited: float) -> bool:
+    """Whether a writer carries now: `rank` intents ahead of its own, `pending` in the
+    inbox, main having stood still for `still` seconds (it did since the last poll),
+    `waited` of them while this writer watched.  The first in line carries at once
+    while few are waiting, in a storm once main is quiet (a carrier at work would have
+    moved it); the one behind it when the carrier seems stalled, and so on, one at a time.
+    Age does not count: in a long storm every writer has waited long, and a writer that
+    died (an orphan's) is passed over by the patience of the next."""
+    if rank == 0 and (pending < _STORM or still >= _QUIET):
+        return True
+    return waited >= _PATIENCE + rank * _STAGGER
+
+
 def _carry(clone: Clone, mine: str, message: str, tip: str, intents: list[Intent],
-           changed: tuple[str, ...], give_up: float) -> TransactResult:
+           changed: tuple[str, ...], attempts: int, give_up: float) -> TransactResult | int:
     """This writer's turn: carry everything pending, its own intent included, then keep
-    draining for a moment, so one writer carries a whole storm."""
-    attempts, carried, landed, drain_until = 1, 0, None, None
+    carrying newcomers while they come, for up to `_DRAIN`, so one writer carries a storm.
+    Losing the race for main to another carrier before its own intent landed returns
+    the pushes made so far: that carrier is at work, and likely carries this one too."""
+    carried, landed, drain_until = 0, None, 0.0
     remote_tip = tip
-    delays = backoffs()
     while True:
-        delay = next(delays)
         own = any(i.ref == mine for i in intents)
-        if not own and drain_until is None:
-            drain_until = time.monotonic() + _DRAIN
-        if not intents or (not own and time.monotonic() > (drain_until or 0)):
+        if not intents or (not own and time.monotonic() > drain_until):
             if remote_tip != clone.remote_tip():
                 clone.fetch_until(give_up)
             return TransactResult(landed or remote_tip, attempts, carried, changed)
         try:
             tip = clone.fetch([i.ref for i in intents])
-        except RemoteMoved:  # an intent was carried meanwhile: read the inbox again
-            remote_tip, intents = pending(clone, give_up)
-            continue
-        attempts += 1
-        new_tip = land(clone, tip, (), message if own else "", intents, mine)
-        if new_tip is not None:
-            carried += len(intents) - own
-            landed = new_tip if own else landed
+        except RemoteMoved:  # an intent was carried meanwhile: another carrier is at work
+            new_tip = None
         else:
-            _check(give_up, clone, message, attempts, mine)
-            time.sleep(delay)
+            attempts += 1
+            new_tip = land(clone, tip, (), message if own else "", intents, mine)
+        if new_tip is None:
+            if own:
+                return attempts
+            drain_until = 0.0  # the other carrier drains the rest
+        else:
+            if own:
+                landed, drain_until = new_tip, time.monotonic() + _DRAIN
+            carried += len(intents) - own
+            if len(intents) - own >= _STORM:  # a storm: let newcomers gather
+                time.sleep(_GATHER)
         remote_tip, intents = pending(clone, give_up)
 
 

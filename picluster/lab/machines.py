@@ -46,8 +46,9 @@ CARD_FILES = {
     "network-config": "network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n"
                       "      optional: true\n",
 }
-# What picluster.service runs: how the lab tells the agent among a node's processes.
-AGENT_COMMAND = ("picluster", "boot", "--foreground")
+# What picluster.service's `picluster boot --foreground` becomes: how the lab tells the
+# agent among a node's processes.
+AGENT_COMMAND = ("-m", "picluster.node")
 
 
 def blank_card(directory: Path) -> Path:
@@ -140,7 +141,8 @@ def agent_pid(node: MachineNode) -> int | None:
         with contextlib.suppress(OSError):
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             words = [Path(word.decode(errors="replace")).name for word in argv]
-            if any(tuple(words[i:i + 3]) == AGENT_COMMAND for i in range(len(words))):
+            if any(tuple(words[i:i + len(AGENT_COMMAND)]) == AGENT_COMMAND
+                   for i in range(len(words))):
                 return pid
     return None
 

@@ -1,7 +1,7 @@
 """The master side: the jobs only the node holding `master` runs.
 
 Owns the views that follow membership (inventory, hostfile, known_hosts), the health
-checks (a knock on every worker's ssh port, Ansible's ping, the prune), the health record
+checks (a knock on every worker's ssh port, the ping, the prune), the health record
 in the repository (`record`), the convergence of every node to its desired state (its
 role's playbooks, the cluster files, a worker's Ganglia config, sent as tasks), the state
 those jobs share, and taking `master` over from a silent master (`takeover`, the jobs the

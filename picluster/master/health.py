@@ -1,6 +1,7 @@
-"""The master's health checks: a knock on every worker's ssh port and Ansible's ping, each
-on the ping schedule, counting misses apart; a node that misses `prune_after` in a row is
-pruned from the registry, and from every view at once."""
+"""The master's health checks: a knock on every worker's ssh port and the ping (ssh
+and Python, what Ansible's ping proves), each on the ping schedule, counting misses
+apart; a node that misses `prune_after` in a row is pruned from the registry, and from
+every view at once."""
 
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ class Health:
         return report
 
     def ping(self) -> PingReport:
-        """`ansible -m ping` every worker that answers on its ssh port: it proves ssh (with
-        the host key it registered) and Python work, not only that the port is open."""
+        """Ping every worker that answers on its ssh port: it proves ssh (with the host key
+        it registered) and Python work, not only that the port is open."""
         if self._offline():
             return PingReport()
         workers, cluster = self._workers()
@@ -74,7 +75,7 @@ class Health:
             run = ansible.ping(self._settings, {ip: {"mac": m.mac} for ip, m in targets.items()},
                                cluster.ssh_user, self._settings.cluster_known_hosts)
             self._judge("ping", report, {ip: run.hosts.get(ip) or ansible.HostResult(
-                ip, "unreachable", "no answer from ansible") for ip in targets}, workers)
+                ip, "unreachable", "no answer from the ping") for ip in targets}, workers)
         return report
 
     def _workers(self) -> tuple[dict[str, Member], ClusterVars]:
@@ -106,7 +107,7 @@ class Health:
     def _judge(self, kind: str, report: PingReport, results: dict[str, ansible.HostResult],
                workers: dict[str, Member]) -> None:
         """Count each result; prune the nodes that are due, then render once.  The port
-        knock and the Ansible ping count apart: a node that answers one but keeps failing
+        knock and the ping count apart: a node that answers one but keeps failing
         the other is still pruned."""
         due: list[tuple[Member, int, str]] = []
         for ip, result in results.items():

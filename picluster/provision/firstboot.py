@@ -23,6 +23,7 @@ from picluster.files import install_file
 from picluster.gitstore import ClusterRepo, GitError
 from picluster.identity import IdentityError, identify
 from picluster.node import reported_facts
+from picluster.node.process import become_agent
 from picluster.proc import CommandError, run
 from picluster.provision.common import BootError, package_text, public_key
 from picluster.registry import Registration, register
@@ -267,8 +268,6 @@ def boot(settings: Settings, *, foreground: bool = False, timeout: float | None 
         return
     if settings.user is not None:
         _become(settings.user)
-    # Imported on first use: importing picluster.provision (prepare-boot on the operator's
-    # machine, every CLI command) loads none of the agent's dependencies (huey, APScheduler).
-    from picluster.node import Agent
-
-    Agent(node).run()
+    # The agent runs in a process of its own (the same pid) that loads none of this one's
+    # command-line libraries.
+    become_agent(node)

@@ -1,0 +1,3 @@
+from picluster.node.process import main
+
+main()
