@@ -119,7 +119,7 @@ def main() -> None:
               "poll_interval_s": settings.poll_interval, "master_grace_s": settings.master_grace,
               "registration_to_configured_s": took,
               "max_registration_to_configured_s": max(took.values()),
-              "median_registration_to_configured_s": statistics.median(took.values()),
+              "median_registration_to_configured_s": round(statistics.median(took.values()), 1),
               "tasks": sum(tasks.values()), "tasks_by_name": dict(tasks),
               "task_producers": dict(producers),
               "commits_during_convergence": len(commits),
