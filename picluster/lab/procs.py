@@ -33,6 +33,7 @@ from picluster.lab.machine import search_path
 __all__ = ["Processes", "alive", "container_init", "tail"]
 
 _MARKER = "PICLUSTER_LAB"
+_KILL_WAIT = 60.0  # seconds `stop` keeps sending SIGKILL before it gives up
 # The directory that holds the picluster package: every host imports this very copy.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 # Git, Ansible and mpirun log in to lab hosts as root, and bash then reads root's startup
@@ -251,7 +252,9 @@ class Processes:
         deadline = time.monotonic() + grace
         while pids := self.pids(namespaces, pid_files):
             late = time.monotonic() - deadline
-            if late > 10:
+            # A busy machine (a 64-node lab at a load of hundreds) takes tens of seconds to
+            # reap what SIGKILL ended, while the agents' last children still appear.
+            if late > _KILL_WAIT:
                 raise LabError(f"processes {sorted(pids)} of the lab at {self.dir} do not "
                                "stop even on SIGKILL")
             for pid in pids:
