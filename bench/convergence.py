@@ -25,8 +25,6 @@ from picluster import layout
 from picluster.gitstore import ClusterRepo, Snapshot
 from picluster.lab import Lab
 from picluster.lab.hosts import MachineNode
-from picluster.master.desired import progress
-from picluster.registry import read_cluster_vars, read_membership
 from picluster.settings import Settings
 from picluster.tasks import Outcome, Task
 
@@ -59,15 +57,8 @@ def main() -> None:
     try:
         lab.up(args.nodes, fast=True, machines=args.machines)
         repo = ClusterRepo.from_settings(Settings.load(lab.operator_config), "bench")
-        deadline = time.monotonic() + args.timeout
-        while True:
-            snapshot = repo.sync()
-            found = progress(read_membership(snapshot), read_cluster_vars(snapshot))
-            if len(found) == args.nodes and all(n["configured"] for n in found.values()):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("not every node configured")
-            time.sleep(0.5)
+        lab.configured(timeout=args.timeout)
+        snapshot = repo.sync()
         # A node registered when its ip/<mac> first landed, and was configured when the
         # last of its role's playbooks first applied (its outcome's finish, its own clock:
         # the lab's nodes share this machine's).
