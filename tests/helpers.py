@@ -16,9 +16,11 @@ from picluster import layout
 from picluster.gitstore import ClusterRepo, Snapshot, init_bare
 from picluster.settings import Settings
 from picluster.signing import signer_line
+from picluster.tasks import Outcome
 
 if TYPE_CHECKING:
     from picluster.lab import Lab, NodeStatus
+    from picluster.lab.hosts import Node
 
 
 def keypair(path: Path, comment: str = "test", passphrase: str = "") -> Path:
@@ -133,6 +135,15 @@ def gmetad_hosts(lab: Lab, name: str) -> set[str]:
     done = lab.exec(name, ["python3", "-c", _READ_XML, node.ip], capture_output=True,
                     text=True)
     return set(done.stdout.split())
+
+
+def outcomes(lab: Lab, node: Node, task: str) -> list[Outcome]:
+    """The outcomes of `task` tasks the lab's `node` pushed, oldest first."""
+    snapshot = lab._observer().sync()
+    folder = f"{layout.queue_dir(node.mac)}/done"
+    found = [Outcome.from_json(snapshot.read(f"{folder}/{name}") or "")
+             for name in snapshot.listdir(folder, files=True)]
+    return sorted((o for o in found if o.task == task), key=lambda o: o.started_at or "")
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str,

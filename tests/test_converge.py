@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Cluster, ip_of, mac_of, run_cli, wait_until
+from helpers import Cluster, ip_of, mac_of, outcomes, run_cli, wait_until
 from test_provision import boot_partition
 
 from picluster import apply, cluster_files, ganglia, layout, playbook_task
@@ -21,7 +21,6 @@ from picluster.ganglia import GangliaConfig
 from picluster.gitstore import ClusterRepo, Put, Remove
 from picluster.identity import NodeIdentity
 from picluster.lab import Lab
-from picluster.lab.lab import Node
 from picluster.master import Master
 from picluster.master.desired import (
     GANGLIA,
@@ -415,15 +414,6 @@ def lab_status(lab: Lab) -> dict[str, dict[str, Any]]:
     result = run_cli("status", "--json", config=lab.operator_config)
     assert result.returncode == 0, result.stderr
     return {node["hostname"]: node for node in json.loads(result.stdout)["nodes"]}
-
-
-def outcomes(lab: Lab, node: Node, task: str) -> list[Outcome]:
-    """The outcomes of `task` tasks the node pushed, oldest first."""
-    snapshot = lab._observer().sync()
-    folder = f"{layout.queue_dir(node.mac)}/done"
-    found = [Outcome.from_json(snapshot.read(f"{folder}/{name}") or "")
-             for name in snapshot.listdir(folder, files=True)]
-    return sorted((o for o in found if o.task == task), key=lambda o: o.started_at or "")
 
 
 def block(path: Path) -> list[str]:

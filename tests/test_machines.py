@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import gmetad_hosts, run_cli, status_of, wait_until
+from helpers import gmetad_hosts, outcomes, run_cli, status_of, wait_until
 from test_lab import in_root_namespace, lab_namespaces, marked_processes
 
-from picluster import layout, playbook_task
+from picluster import playbook_task
 from picluster.cluster_files import BEGIN, END
 from picluster.gitstore import ClusterRepo
 from picluster.lab import Lab, LabError, preflight
@@ -29,7 +29,6 @@ from picluster.lab.image import BASE_PACKAGES, Image, ensure_wheelhouse
 from picluster.lab.machines import blank_card, mounts_under
 from picluster.provision.wheels import SUMS, WHEELS_DIR, sha256
 from picluster.queue import outcome_of
-from picluster.tasks import Outcome
 
 pytestmark = pytest.mark.lab
 
@@ -119,18 +118,7 @@ def status(lab: Lab) -> dict[str, dict[str, Any]]:
     return {node["hostname"]: node for node in json.loads(done.stdout)["nodes"]}
 
 
-def playbook_runs(lab: Lab, mac: str, tmp_path: Path) -> list[Outcome]:
-    """The outcomes of the `playbook` tasks node `mac` ran."""
-    repo = ClusterRepo(url=str(lab.bare_repo), clone_dir=tmp_path / "runs", writer="test")
-    snapshot = repo.sync()
-    folder = f"{layout.queue_dir(mac)}/done"
-    found = [Outcome.from_json(snapshot.read(f"{folder}/{name}") or "")
-             for name in snapshot.listdir(folder, files=True)]
-    return [outcome for outcome in found if outcome.task == playbook_task.TASK]
-
-
-def test_each_node_installed_openmpi_and_ganglia_by_its_own_playbook_tasks(
-        lab: Lab, tmp_path: Path) -> None:
+def test_each_node_installed_openmpi_and_ganglia_by_its_own_playbook_tasks(lab: Lab) -> None:
     nodes = status(lab)  # `lab up` returned once every node was configured
     assert sorted(nodes) == NODES
     for name, node in nodes.items():
@@ -145,7 +133,7 @@ def test_each_node_installed_openmpi_and_ganglia_by_its_own_playbook_tasks(
                     *(["gmetad"] if group == "master" else [])]
         states = on(lab, name, "dpkg-query -W -f '${db:Status-Status}\\n' " + " ".join(packages))
         assert states.split() == ["installed"] * len(packages), (name, states)
-        runs = playbook_runs(lab, node["mac"], tmp_path / name)
+        runs = outcomes(lab, lab.node(name), playbook_task.TASK)
         assert {run.result["playbook"] for run in runs} == set(playbook_task.ROLES[group])
         assert all(run.status == "ok" and run.producer == "cluster" for run in runs)
         for run in runs:
