@@ -1,3 +1,4 @@
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,27 @@ def test_a_key_others_can_read_signs_from_a_private_copy(alice: Path) -> None:
     (signature,) = sign([b"x"], alice)
     signers(signer_line(alice.with_suffix(".pub").read_text(), "alice")).verify(
         b"x", signature, "alice")
+
+
+def test_a_verdict_is_kept_so_a_signature_is_checked_once(
+        alice: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (signature,) = sign([b"kept"], alice)
+    allowed = signers(signer_line(alice.with_suffix(".pub").read_text(), "alice"))
+    assert allowed.verify(b"kept", signature) == "alice"
+    monkeypatch.setattr(subprocess, "run", None)  # a second check must not run ssh-keygen
+    assert allowed.verify(b"kept", signature) == "alice"
+    with pytest.raises(SignatureError, match="not a trusted signer for 'mallory'"):
+        allowed.verify(b"kept", signature, "mallory")
+
+
+def test_allowed_signers_lines_as_ssh_keygen_reads_them(alice: Path) -> None:
+    kind, key = alice.with_suffix(".pub").read_text().split()[:2]
+    (signature,) = sign([b"x"], alice)
+    quoted = signers(f'"alice,a*"\tnamespaces="git,picluster-task" {kind} {key} laptop')
+    assert quoted.verify(b"x", signature, "alfred") == "alfred"
+    wrong_type = signers(f"alice ssh-rsa {key}")
+    assert wrong_type.entries == () and "not a ssh-rsa key" in wrong_type.problems[0]
+    unknown = signers(f'alice principal="x" {kind} {key}')
+    assert unknown.entries == () and "options" in unknown.problems[0]
+    twice = signers(f'alice namespaces="a",namespaces="b" {kind} {key}')
+    assert "given twice" in twice.problems[0]
