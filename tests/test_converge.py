@@ -110,6 +110,24 @@ def test_a_changed_want_goes_at_once_even_while_the_old_one_backs_off() -> None:
     assert attempts.due("m", changed, None, {"t2"}, set(), 6)
 
 
+def test_on_its_way_until_an_outcome_and_attempts_count_one_digest() -> None:
+    attempts = Attempts(first_retry=10)
+    assert not attempts.on_its_way("m", WANT, set(), set(), 0) and \
+        attempts.attempts("m", WANT) == 0
+    attempts.sent("m", WANT, "t1", 0)
+    assert attempts.on_its_way("m", WANT, set(), set(), 5)  # sent after the snapshot
+    assert attempts.on_its_way("m", WANT, {"t1"}, set(), 500)  # pending
+    assert not attempts.on_its_way("m", WANT, set(), {"t1"}, 501)  # an outcome: it ran
+    assert not attempts.on_its_way("m", WANT, set(), set(), 502)  # lost, long ago
+    assert attempts.attempts("m", WANT) == 1
+    attempts.sent("m", WANT, "t2", 600)
+    assert attempts.attempts("m", WANT) == 2
+    # A changed want: its old task is still on its way, and its digest never went.
+    changed = Want(WANT.key, WANT.task, {}, "d2")
+    assert attempts.on_its_way("m", changed, {"t2"}, set(), 601)
+    assert attempts.attempts("m", changed) == 0
+
+
 def test_settle_takes_a_value_once_it_held_still_or_after_the_longest_wait() -> None:
     settle: Settle[str] = Settle(quiet=2, longest=10)
     assert settle.offer("a", "A", 0) is None

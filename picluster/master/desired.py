@@ -8,7 +8,9 @@ reports in its facts once it applied them.  `Attempts` decides when a want is se
 once when it is new (a new node, a changed playbook after an upgrade, a changed
 variable), never while its task is on its way, and after a run that did not apply it only
 once an exponential backoff has passed (capped): never at every poll.  `Settle`
-debounces membership, so a storm of joins makes a few sends, not one per join.
+debounces membership, so a storm of joins makes a few sends, not one per join.  `paced`
+tells the wants whose runs are costly (a playbook) from the cheap ones: the master lets
+only so many nodes run those at once (`converge_batch`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from picluster import cluster_files, ganglia, playbook_task
 from picluster.ganglia import GangliaConfig
 from picluster.registry import ClusterVars, Membership
 
-__all__ = ["GANGLIA", "HOSTS", "Attempts", "Settle", "Want", "node_wants", "playbook_key",
-           "progress", "reported", "waits_for"]
+__all__ = ["GANGLIA", "HOSTS", "Attempts", "Settle", "Want", "node_wants", "paced",
+           "playbook_key", "progress", "reported", "waits_for"]
 
 HOSTS = "hosts"  # the key of the cluster files
 GANGLIA = "ganglia"  # the key of a worker's Ganglia config
@@ -89,9 +91,18 @@ def waits_for(want: Want) -> str | None:
     return playbook_key(first) if first else None
 
 
+def paced(want: Want) -> bool:
+    """Whether `want` takes a turn of `converge_batch`: a playbook runs ansible-playbook,
+    minutes of CPU that fetch packages from the mirror and sources from the git server.
+    The cluster files and Ganglia's config are a few small files written: every node
+    gets those at once, and so knows the cluster while it waits for its turn."""
+    return want.task == playbook_task.TASK
+
+
 def progress(membership: Membership, cluster: ClusterVars) -> dict[str, dict[str, Any]]:
     """How far each member got, by MAC: each role playbook applied (and whether in check
-    mode), failed (the task and message) or pending, and its cluster files' version."""
+    mode), failed (the task and message) or pending (sent, or waiting for its turn), and
+    its cluster files' version."""
     wants = node_wants(membership, cluster)
     found: dict[str, dict[str, Any]] = {}
     for member in membership.members:
@@ -157,13 +168,23 @@ class Attempts:
         sent = self._sent.get(key)
         if sent is None:
             return True
-        # On its way, or sent after the snapshot the master looks at: the wait starts
-        # once it has run.
-        if sent.task_id in pending or (sent.task_id not in done
-                                       and now - sent.at < self.first_retry):
+        if self.on_its_way(mac, want, pending, done, now):  # the wait starts once it ran
             sent.not_before = now + self.retry_after(sent.attempts)
             return False
         return sent.digest != want.digest or now >= sent.not_before
+
+    def on_its_way(self, mac: str, want: Want, pending: set[str], done: set[str],
+                   now: float) -> bool:
+        """Whether the last task sent to `mac` for `want` (whatever its digest) has no
+        outcome yet: pending, or sent after the snapshot the master looks at."""
+        sent = self._sent.get((mac, want.key))
+        return sent is not None and (sent.task_id in pending or (
+            sent.task_id not in done and now - sent.at < self.first_retry))
+
+    def attempts(self, mac: str, want: Want) -> int:
+        """How many times in a row `want`'s digest went to `mac` (0: never)."""
+        sent = self._sent.get((mac, want.key))
+        return sent.attempts if sent is not None and sent.digest == want.digest else 0
 
     def sent(self, mac: str, want: Want, task_id: str, now: float) -> int:
         """Note that task `task_id` took `want` to `mac`; returns how many times in a row

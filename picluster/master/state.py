@@ -83,6 +83,16 @@ class MasterState:
         with self._lock:
             return self._attempts.due(mac, want, reported, pending, done, self._clock())
 
+    def on_its_way(self, mac: str, want: Want, pending: set[str], done: set[str]) -> bool:
+        """Whether a task for `want` is on its way to `mac` (`Attempts.on_its_way`)."""
+        with self._lock:
+            return self._attempts.on_its_way(mac, want, pending, done, self._clock())
+
+    def attempts(self, mac: str, want: Want) -> int:
+        """How many times in a row `want`'s digest went to `mac` (0: never)."""
+        with self._lock:
+            return self._attempts.attempts(mac, want)
+
     def sent(self, mac: str, want: Want, task_id: str) -> int:
         """Note a send; returns how many times in a row this digest went to `mac`."""
         with self._lock:
