@@ -261,6 +261,9 @@ class Settings:
         _duration(), "the master removes outcomes older than this from the repository"))
     keep_outcomes_per_node: int = field(default=1000, metadata=_key(
         _whole(at_least=1), "and keeps at most this many outcomes per node, the newest"))
+    converge_batch: int = field(default=8, metadata=_key(
+        _whole(at_least=0), "the master has role playbooks on their way to at most this "
+                            "many nodes at once; the others wait their turn (0: no cap)"))
     log_level: str = field(default="info", metadata=_key(
         _choice("debug", "info", "warning", "error"), "how much the agent logs"))
     source: Path | None = field(default=None, compare=False)  # the file it was read from

@@ -18,7 +18,7 @@ from test_provision import boot_partition
 
 from picluster import apply, cluster_files, ganglia, layout, playbook_task
 from picluster.ganglia import GangliaConfig
-from picluster.gitstore import ClusterRepo, Put, Remove
+from picluster.gitstore import ClusterRepo, Put, Remove, Snapshot
 from picluster.identity import NodeIdentity
 from picluster.lab import Lab
 from picluster.master import Master
@@ -188,8 +188,8 @@ class Nodes:
         return {number: sent[mac_of(number)] for number in self.facts
                 if mac_of(number) in sent}
 
-    def pending(self, number: int) -> list[Task]:
-        snapshot = self.repo.sync()
+    def pending(self, number: int, snapshot: Snapshot | None = None) -> list[Task]:
+        snapshot = snapshot or self.repo.sync()
         folder = layout.queue_dir(mac_of(number))
         return [Task.from_json(snapshot.read(f"{folder}/{name}") or "", name)
                 for name in snapshot.listdir(folder, files=True)]
@@ -241,17 +241,21 @@ def _report(facts: dict[str, Any], key: str, task: Task, digest: str) -> None:
         facts["playbooks"][task.args["playbook"]] = {"applied": digest, "check": True}
 
 
-@pytest.fixture
-def nodes(cluster: Cluster, clock: Clock) -> Nodes:
+def make_nodes(cluster: Cluster, clock: Clock, count: int = 3, **settings: object) -> Nodes:
+    """Nodes 1 to `count` joined, node 1 the master, its settings given `settings`."""
     # The cluster key signs registrations and the master's tasks (as "cluster").
-    settings = Settings.load(cluster.node_config(1, ssh_key=cluster.operator_key,
-                                                 poll_interval=1))
-    master = Master(settings, cluster.operator_repo(),
+    config = cluster.node_config(1, ssh_key=cluster.operator_key, poll_interval=1, **settings)
+    master = Master(Settings.load(config), cluster.operator_repo(),
                     lambda: NodeIdentity(mac_of(1), ip_of(1)), NoDaemons(), clock=clock)
     made = Nodes(master, clock, cluster.operator_repo())
-    for number in (1, 2, 3):
+    for number in range(1, count + 1):
         made.join(number)
     return made
+
+
+@pytest.fixture
+def nodes(cluster: Cluster, clock: Clock) -> Nodes:
+    return make_nodes(cluster, clock)
 
 
 def status(nodes: Nodes) -> dict[str, dict[str, Any]]:
@@ -370,6 +374,78 @@ def test_a_storm_of_16_joins_makes_a_few_tasks_not_one_per_join(nodes: Nodes) ->
     enqueued = [c for c in nodes.master.repo.log(limit=10_000)
                 if c["commit"] not in before and c["subject"].startswith("enqueue")]
     assert len(enqueued) <= 8, [c["subject"] for c in enqueued]
+
+
+def configuring(nodes: Nodes) -> set[int]:
+    """The nodes with a `playbook` task pending in their queue, in one snapshot."""
+    snapshot = nodes.repo.sync()
+    return {number for number in nodes.facts
+            if any(task.task == "playbook" for task in nodes.pending(number, snapshot))}
+
+
+def test_at_most_converge_batch_nodes_have_playbooks_on_their_way(
+        cluster: Cluster, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    nodes = make_nodes(cluster, clock, 20, converge_batch=4)
+    caplog.set_level("INFO", logger="picluster.master.converge")
+    nodes.converge()
+    sent = nodes.converge(2.0)
+    # Every node gets the cluster files (and a worker Ganglia's config) at once; the
+    # playbooks go to the master first, then to the lowest MACs.
+    assert all(keys[0] == HOSTS for keys in sent.values()) and len(sent) == 20
+    assert {n for n, keys in sent.items() if any(k.startswith("playbook/") for k in keys)} \
+        == configuring(nodes) == {1, 2, 3, 4}
+    assert "converge: 4 nodes configuring, 16 waiting (converge_batch 4)" in caplog.messages
+    # `picluster status` shows a waiting node's playbooks pending, its files current once
+    # it ran them.
+    nodes.run(20)
+    waiting = status(nodes)[mac_of(20)]
+    assert {p["state"] for p in waiting["playbooks"].values()} == {"pending"}
+    assert waiting["cluster_files"]["state"] == "current" and not waiting["configured"]
+    # Outcomes arrive one node at a time: a turn passes to the next in line, never more
+    # than 4 at once, until all 20 are configured.
+    turns = [1, 2, 3, 4]
+    for _ in range(40):
+        busy = configuring(nodes)
+        assert len(busy) <= 4
+        if busy:
+            nodes.run(min(busy))
+        sent = nodes.converge()
+        turns += [n for n, keys in sorted(sent.items())
+                  if n not in turns and any(k.startswith("playbook/") for k in keys)]
+        if all(node["configured"] for node in status(nodes).values()):
+            break
+    assert turns == list(range(1, 21))
+    assert all(node["configured"] for node in status(nodes).values())
+
+
+def test_a_run_that_did_not_apply_holds_no_turn_and_its_retry_waits_behind_first_tries(
+        cluster: Cluster, clock: Clock) -> None:
+    nodes = make_nodes(cluster, clock, 4, converge_batch=1)
+
+    def playbooks(seconds: float = 1.0) -> list[int]:
+        return [n for n, keys in nodes.converge(seconds).items()
+                if any(k.startswith("playbook/") for k in keys)]
+
+    nodes.converge()
+    assert playbooks(2.0) == [1]
+    nodes.run(1)
+    assert playbooks() == [2]
+    nodes.run(2, fail=("playbook/core",))
+    assert playbooks() == [3]  # node 2 backs off without its turn
+    assert playbooks(30) == []  # node 2's backoff is over: it waits for node 3
+    nodes.run(3)
+    assert playbooks() == [4]  # a first try before a retry
+    nodes.run(4)
+    assert playbooks() == [2]
+    assert [t.args["playbook"] for t in nodes.pending(2)] == ["core"]
+
+
+def test_converge_batch_0_sends_every_node_its_playbooks_at_once(
+        cluster: Cluster, clock: Clock) -> None:
+    nodes = make_nodes(cluster, clock, 12, converge_batch=0)
+    nodes.converge()
+    nodes.converge(2.0)
+    assert configuring(nodes) == set(range(1, 13))
 
 
 def test_wants_are_the_role_playbooks_the_files_and_a_workers_ganglia(nodes: Nodes) -> None:

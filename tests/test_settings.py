@@ -19,13 +19,15 @@ def test_parse_reads_keys_types_and_comments(tmp_path: Path) -> None:
         "master = yes\n"
         "mac = B8:27:EB:00:00:01\n"
         "poll_interval = 2m\n"
-        "prune_after = 5\n", source)
+        "prune_after = 5\n"
+        "converge_batch = 0\n", source)
     assert settings.repo == "ssh://git@host/cluster.git"
     assert settings.home == tmp_path / "state"  # relative to the config file
     assert settings.master is True
     assert settings.mac == "b827eb000001"
     assert settings.poll_interval == 120.0
     assert settings.prune_after == 5
+    assert settings.converge_batch == 0  # no cap
     assert settings.clone_dir == tmp_path / "state" / "repo"
 
 
@@ -105,6 +107,8 @@ def test_seed_style_config_is_accepted() -> None:
     ("repo = /x\nmac = 12:34\n", 2, "mac", "not a MAC"),
     ("repo = /x\nip = 300.1.1.1\n", 2, "ip", "not an IPv4"),
     ("repo = /x\nworkers = 0\n", 2, "workers", "not a whole number of at least 1"),
+    ("repo = /x\nconverge_batch = -1\n", 2, "converge_batch",
+     "not a whole number of at least 0"),
     ("repo = /x\nhostname = -pi\n", 2, "hostname", "not a host name"),
     ("repo = /x\nlog_level = loud\n", 2, "log_level", "not one of debug, error, info, warning"),
     ("repo = /x\nbranch =\n", 2, "branch", "no value; give one or delete the line"),

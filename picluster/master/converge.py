@@ -5,8 +5,11 @@ role's playbooks, the cluster files, a worker's Ganglia config) with what its fa
 report, and enqueues a signed task for each difference, all in one commit: a new node, a
 changed playbook after an upgrade, a changed variable.  `MasterState` decides when (never
 while a task is on its way; after a run that did not apply, with a growing backoff) and
-debounces membership.  The master signs as it signs everything it sends: with
-`signing_key` as `signer`, else with the cluster key as `cluster`.
+debounces membership.  Playbooks are paced: at most `converge_batch` nodes have some on
+their way at once, so a cluster that boots together does not run every node's
+ansible-playbook at once against one package mirror and one git server.  The master
+signs as it signs everything it sends: with `signing_key` as `signer`, else with the
+cluster key as `cluster`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from functools import cached_property
 from picluster import cluster_files, ganglia, layout, playbook_task
 from picluster.gitstore import ClusterRepo, GitError, Snapshot
 from picluster.identity import NodeIdentity
-from picluster.master.desired import Want, node_wants, reported, waits_for
+from picluster.master.desired import Want, node_wants, paced, reported, waits_for
 from picluster.master.members import Members
 from picluster.master.state import MasterState
 from picluster.queue import enqueue, make_task
@@ -66,6 +69,7 @@ class Converge:
         self._state = state
         self._members = members
         self._said_unsigned = threading.Event()
+        self._said_waiting: tuple[int, int] | None = None  # (configuring, waiting) last said
 
     def run(self) -> dict[str, list[str]]:
         """One comparison of the registry as last synced; the keys sent, by MAC."""
@@ -82,20 +86,61 @@ class Converge:
                            ganglia.cluster_config(self._settings, settled, cluster))
         on_master = {w.key: w for w in wants.get(master.mac, [])}
         due: list[tuple[Member, Want]] = []
+        busy: set[str] = set()  # the MACs with a playbook on its way: each holds a turn
         # Only members that are still here and were when membership settled.
         for member in current.members:
             queue = _Queue(snapshot, member.mac)
             for want in wants.get(member.mac, []):
+                got = reported(member.facts, want.key)
+                applied = got == want.digest
+                # The queue is read only for what is not applied.
+                seen = (set(), set()) if applied else (queue.pending, queue.done)
+                if not applied and paced(want) and \
+                        self._state.on_its_way(member.mac, want, *seen):
+                    busy.add(member.mac)
                 first = on_master.get(waits_for(want) or "") \
                     if member.mac != master.mac else None
                 if first is not None and reported(master.facts, first.key) != first.digest:
                     continue  # the master applies its part first
-                got = reported(member.facts, want.key)
-                # The queue is read only for what is not applied.
-                seen = (queue.pending, queue.done) if got != want.digest else (set(), set())
                 if self._state.due(member.mac, want, got, *seen):
                     due.append((member, want))
-        return self._send(due)
+        return self._send(self._paced(due, busy, master.mac))
+
+    def _paced(self, due: list[tuple[Member, Want]], busy: set[str],
+               master: str) -> list[tuple[Member, Want]]:
+        """`due` less the playbooks of the nodes that wait for their turn: nodes in `busy`
+        keep theirs (a worker's nfs-client, once the master exported, goes at once), and
+        the first in line take the turns left of `converge_batch`.  A node whose run did
+        not apply holds no turn while it backs off: its task has an outcome."""
+        batch = self._settings.converge_batch
+        waiting: dict[str, tuple[Member, list[Want]]] = {}
+        for member, want in due:
+            if paced(want) and member.mac not in busy:
+                waiting.setdefault(member.mac, (member, []))[1].append(want)
+        line = sorted(waiting.values(), key=lambda node: self._turn(*node, master))
+        free = max(0, batch - len(busy)) if batch else len(line)
+        turns = busy | {member.mac for member, _ in line[:free]}
+        self._say_waiting(len(turns), len(line[free:]), batch)
+        return [(member, want) for member, want in due
+                if not paced(want) or member.mac in turns]
+
+    def _turn(self, member: Member, wants: list[Want],
+              master: str) -> tuple[bool, bool, bool, str]:
+        """A waiting node's place in line: the master first (the workers' mounts wait for
+        its exports), first tries before retries of a run that did not apply, a node with
+        no playbook applied before one being updated, then by MAC: a stable order, so a
+        node that waits moves up as the others get their turn."""
+        retry = any(self._state.attempts(member.mac, want) for want in wants)
+        started = any(reported(member.facts, want.key) is not None for want in wants)
+        return member.mac != master, retry, started, member.mac
+
+    def _say_waiting(self, configuring: int, waiting: int, batch: int) -> None:
+        """Say, when it changes, how many nodes wait for a turn to run their playbooks."""
+        said = (configuring, waiting) if waiting else None
+        if said is not None and said != self._said_waiting:
+            log.info("converge: %d nodes configuring, %d waiting (converge_batch %d)",
+                     configuring, waiting, batch)
+        self._said_waiting = said
 
     def _send(self, due: list[tuple[Member, Want]]) -> dict[str, list[str]]:
         if not due:
