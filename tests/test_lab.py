@@ -19,7 +19,12 @@ from picluster.lab import image, machine
 from picluster.lab import lab as lab_module
 from picluster.lab.cli import app
 from picluster.lab.errors import LabError
-from picluster.lab.hosts import FAST_TIMINGS, render_node_config, render_sshd_config
+from picluster.lab.hosts import (
+    FAST_TIMINGS,
+    card_settings,
+    render_node_config,
+    render_sshd_config,
+)
 from picluster.lab.lab import Lab
 from picluster.lab.machine import preflight
 from picluster.lab.machines import blank_card, nspawn_argv
@@ -82,7 +87,8 @@ def test_node_addresses_stay_in_the_benchmarking_range():
 
 def test_a_node_config_is_a_boot_config_the_node_reads(tmp_path):
     node = Lab(tmp_path)._node(2)
-    text = render_node_config(node, "ssh://root@198.18.0.2/x.git", master=True, fast=True)
+    text = render_node_config(node, "ssh://root@198.18.0.2/x.git", master=True,
+                              extra=card_settings(True, {}))
     settings = Settings.parse(text, node.config)
     assert settings.repo == "ssh://root@198.18.0.2/x.git"
     assert settings.home == node.home and settings.interface == "eth0"
@@ -90,8 +96,30 @@ def test_a_node_config_is_a_boot_config_the_node_reads(tmp_path):
     assert settings.ssh_key == node.ssh_key
     assert settings.host_key == Path(f"{node.host_key}.pub")
     assert all(getattr(settings, key) == value for key, value in FAST_TIMINGS.items())
-    plain = Settings.parse(render_node_config(node, "/x.git", master=False, fast=False))
+    plain = Settings.parse(render_node_config(node, "/x.git", master=False,
+                                              extra=card_settings(False, {})))
     assert plain.master is False and plain.poll_interval == Settings(repo="x").poll_interval
+
+
+def test_lab_up_set_adds_a_key_to_every_card_and_wins_over_fast():
+    extra = card_settings(True, {"converge_batch": "2", "poll_interval": "5"})
+    assert extra == {**FAST_TIMINGS, "converge_batch": "2", "poll_interval": "5"}
+    assert card_settings(False, {"converge_batch": "2"}) == {"converge_batch": "2"}
+
+
+@pytest.mark.parametrize(("setting", "words"), [
+    ("converge_batch=-1", "--set converge_batch: '-1' is not a whole number"),
+    ("home=/elsewhere", "--set home: set twice"),  # the lab's to set: a node's own disk
+    ("converge_bach=2", "did you mean 'converge_batch'"),
+    ("converge_batch", "give KEY=VALUE"),
+])
+def test_up_refuses_a_setting_no_node_could_boot_with(monkeypatch, tmp_path, setting, words):
+    monkeypatch.setattr(lab_module, "preflight", lambda **_: [])
+    result = CliRunner().invoke(app, ["up", "--nodes", "2", "--dir", str(tmp_path),
+                                      "--set", setting])
+    assert result.exit_code == 2
+    assert words in " ".join(result.output.split())
+    assert not any(tmp_path.iterdir())  # nothing was made
 
 
 def test_sshd_config_is_the_node_own_and_key_only(tmp_path):

@@ -667,7 +667,7 @@ def test_a_prepared_card_boots_into_a_running_agent(card: Path, cluster: Cluster
 
 def test_lab_settings_keep_a_node_on_its_own_disk(tmp_path: Path) -> None:
     node = Lab(tmp_path)._node(3)
-    settings = Settings.parse("repo = /x\n" + render_lab_settings(node, fast=False))
+    settings = Settings.parse("repo = /x\n" + render_lab_settings(node, extra={}))
     for path in (settings.home, settings.authorized_keys, settings.etc_dir):
         assert path.is_relative_to(node.dir)
 

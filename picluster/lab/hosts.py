@@ -7,6 +7,7 @@ its own: a container that boots systemd from a disk of its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,10 @@ __all__ = [
     "Host",
     "MachineNode",
     "Node",
+    "card_settings",
     "render_lab_settings",
     "render_node_config",
+    "render_settings",
     "render_sshd_config",
 ]
 
@@ -133,25 +136,35 @@ def render_sshd_config(host: Host, authorized_keys: Path) -> str:
     ])
 
 
-def render_node_config(node: Node, repo: str, *, master: bool, fast: bool) -> str:
+def card_settings(fast: bool, settings: Mapping[str, object]) -> dict[str, object]:
+    """The boot-config keys the lab adds to every node's card, as an operator would edit
+    picluster.conf: the quick timings with `fast`, then `settings` (`lab up --set`),
+    which win."""
+    return {**(FAST_TIMINGS if fast else {}), **settings}
+
+
+def render_settings(values: Mapping[str, object]) -> str:
+    """Boot-config lines, `key = value`."""
+    return "".join(f"{key} = {value}\n" for key, value in values.items())
+
+
+def render_node_config(node: Node, repo: str, *, master: bool,
+                       extra: Mapping[str, object]) -> str:
     """The boot config (picluster.conf) of a lab node: what prepare-boot --signer writes
     for a Pi, then the lab's settings (render_lab_settings); keys as in picluster.settings."""
     return boot_config(repo, master=master, hostname=node.name, anchor=True) + \
-        render_lab_settings(node, fast=fast)
+        render_lab_settings(node, extra=extra)
 
 
-def render_lab_settings(node: Node, *, fast: bool) -> str:
-    """The lines the lab adds to a node's boot config: where the node's own disk is.  A Pi
-    keeps these at their defaults (/var/lib/picluster, ~root/.ssh, /etc, its sshd's key);
-    lab nodes share this machine's file system, so `boot` must write only into the node's
-    own directory.  With `fast`, also the lab's quick timings."""
-    values: dict[str, object] = {
+def render_lab_settings(node: Node, *, extra: Mapping[str, object]) -> str:
+    """The lines the lab adds to a node's boot config: where the node's own disk is, then
+    `extra` (`card_settings`).  A Pi keeps the first at their defaults
+    (/var/lib/picluster, ~root/.ssh, /etc, its sshd's key); lab nodes share this
+    machine's file system, so `boot` must write only into the node's own directory."""
+    return render_settings({
         "home": node.home,
         "interface": "eth0",
         "host_key": f"{node.host_key}.pub",
         "user_ssh_dir": node.dir / "root" / ".ssh",
         "etc_dir": node.dir / "etc",
-    }
-    if fast:
-        values.update(FAST_TIMINGS)
-    return "".join(f"{key} = {value}\n" for key, value in values.items())
+    }) + render_settings(extra)

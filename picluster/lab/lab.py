@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,13 @@ from picluster.files import install_file
 from picluster.gitstore import ClusterRepo, GitError, Snapshot
 from picluster.lab.errors import LabError, run
 from picluster.lab.hosts import (
-    FAST_TIMINGS,
     Host,
     MachineNode,
     Node,
+    card_settings,
     render_lab_settings,
     render_node_config,
+    render_settings,
     render_sshd_config,
 )
 from picluster.lab.image import Image, ensure_image, ensure_wheelhouse
@@ -61,7 +62,7 @@ from picluster.master.desired import progress
 from picluster.provision import BootError, anchor_text
 from picluster.provision.wheels import build_wheel
 from picluster.registry import read_cluster_vars, read_membership
-from picluster.settings import DEFAULTS
+from picluster.settings import ConfigError, Settings
 
 __all__ = ["GIT_MODES", "Lab", "Report"]
 
@@ -232,14 +233,15 @@ class Lab:
         self._start_sshd(node, node.settings().authorized_keys)
         self._boot(node)
 
-    def _prepare_node(self, node: Node, repo: str, *, master: bool, fast: bool) -> None:
+    def _prepare_node(self, node: Node, repo: str, *, master: bool,
+                      extra: Mapping[str, object]) -> None:
         """Write the node's boot partition (the cluster key, the operator's key as its
         trust anchor, the config), and seed its known_hosts with the git server's key, so
         the node's git over ssh checks the server strictly from the first fetch."""
         install_file(node.ssh_key, self.cluster_key.read_bytes(), mode=0o600)
         install_file(node.anchor, anchor_text(
             Path(f"{self.operator_key}.pub").read_text(), "operator"))
-        node.config.write_text(render_node_config(node, repo, master=master, fast=fast))
+        node.config.write_text(render_node_config(node, repo, master=master, extra=extra))
         self._trust_git_host(node)
 
     def _trust_git_host(self, node: Node) -> None:
@@ -258,8 +260,10 @@ class Lab:
 
     def up(self, nodes: int, *, master_index: int | None = None, fast: bool = False,
            git: str = "ssh", machines: bool = False, timeout: float | None = None,
+           settings: Mapping[str, object] | None = None,
            report: Report = _quiet) -> Convergence:
-        """Build and boot a lab of `nodes` nodes (machine nodes with `machines`); return once
+        """Build and boot a lab of `nodes` nodes (machine nodes with `machines`; every card
+        with the boot-config keys `settings` too, e.g. converge_batch); return once
         the cluster is usable: every node registered, a master elected, and every node in
         the master's MPI hostfile; machine nodes also configured (`configured`).  `timeout`
         defaults to 180 s (600 s for machine nodes, which install picluster first) after
@@ -276,6 +280,13 @@ class Lab:
             raise LabError(f"--master-index must be between 1 and {nodes}", code=2)
         if git not in GIT_MODES:
             raise LabError(f"--git must be one of {', '.join(GIT_MODES)}", code=2)
+        asked = {key: str(value) for key, value in (settings or {}).items()}
+        extra = card_settings(fast, asked)
+        try:  # a key no node could boot with stops `up` here, not every node's boot
+            Settings.parse(render_node_config(self._node(1), str(self.bare_repo), master=False,
+                                              extra=extra))
+        except ConfigError as error:
+            raise LabError(f"--set {error.key}: {error.problem}", code=2) from None
         # A machine node's home is on its own disk; the others' is in the lab directory.
         longest = len(str(self._node(nodes).home / "ssh")) + _CONTROL_PATH_EXTRA
         if not machines and longest > _SOCKET_PATH_MAX:
@@ -295,7 +306,7 @@ class Lab:
         if machines:
             image = ensure_image(lambda step: report(step, 0, 0))
         state = LabState(nodes, master_index, fast, git, url, machines,
-                         str(image.dir) if image else None)
+                         str(image.dir) if image else None, asked)
         self._save(state)
         members = self.nodes
 
@@ -337,10 +348,10 @@ class Lab:
             designated = node.index == master_index
             if isinstance(node, MachineNode):
                 write_card(node, url, self.cluster_key, signer=Path(f"{self.operator_key}.pub"),
-                           master=designated, fast=fast, wheel=wheel, wheelhouse=wheelhouse,
+                           master=designated, extra=extra, wheel=wheel, wheelhouse=wheelhouse,
                            env=self.procs.env())
             else:
-                self._prepare_node(node, url, master=designated, fast=fast)
+                self._prepare_node(node, url, master=designated, extra=extra)
             self._start_node(node)
             if designated:
                 self.converge(wait, report, [node], hostfile=False)
@@ -382,9 +393,9 @@ class Lab:
             time.sleep(1.0)
 
     def _grace(self) -> float:
-        """How long the master waits after it starts before its first render."""
-        return FAST_TIMINGS["master_grace"] if self.state().fast else \
-            float(DEFAULTS["master_grace"])  # type: ignore[arg-type]
+        """How long the master waits after it starts before its first render, as the
+        cards say (every card says the same)."""
+        return self.nodes[0].settings().master_grace
 
     def _save(self, state: LabState) -> None:
         self.state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
@@ -392,9 +403,9 @@ class Lab:
     def add_node(self, boot_dir: Path, timeout: float = 180.0) -> Node:
         """Power on one more Pi whose boot partition is `boot_dir`, prepared as a real SD
         card is (`picluster prepare-boot`).  The lab copies it as the node's card and adds
-        its settings (render_lab_settings; a machine node's card gets only the lab's quick
-        timings, if the lab has them); returns once the cluster is usable with it (with
-        machine nodes: every node configured, `configured`)."""
+        its settings (render_lab_settings; a machine node's card gets only those of every
+        card, `card_settings`); returns once the cluster is usable with it (with machine
+        nodes: every node configured, `configured`)."""
         state = self.state()
         if state.nodes >= MAX_NODES:
             raise LabError(f"the lab has {MAX_NODES} nodes already", code=2)
@@ -402,15 +413,14 @@ class Lab:
         self._save(replace(state, nodes=node.index))
         self.net.add_host(node, node.mac)
         shutil.copytree(boot_dir, node.boot_dir)
+        extra = card_settings(state.fast, state.settings)
         if isinstance(node, MachineNode):
-            if state.fast:
-                with node.config.open("a") as config:
-                    config.write("".join(f"{key} = {value:g}\n"
-                                         for key, value in FAST_TIMINGS.items()))
+            with node.config.open("a") as config:
+                config.write(render_settings(extra))
         else:
             self._keygen(node.host_key, f"root@{node.name}")
             with node.config.open("a") as config:
-                config.write(render_lab_settings(node, fast=state.fast))
+                config.write(render_lab_settings(node, extra=extra))
             self._trust_git_host(node)
         self._start_node(node)
         self.converge(timeout)

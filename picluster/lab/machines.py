@@ -15,10 +15,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from picluster.lab.errors import LabError, run
-from picluster.lab.hosts import FAST_TIMINGS, MachineNode
+from picluster.lab.hosts import MachineNode, render_settings
 from picluster.lab.image import APT_MOUNT, Image
 from picluster.lab.procs import Processes
 
@@ -60,11 +61,12 @@ def blank_card(directory: Path) -> Path:
 
 
 def write_card(node: MachineNode, repo: str, key: Path, *, signer: Path, master: bool,
-               fast: bool, wheel: Path, wheelhouse: Path, env: dict[str, str]) -> None:
+               extra: Mapping[str, object], wheel: Path, wheelhouse: Path,
+               env: dict[str, str]) -> None:
     """Make the node's boot partition and run the real `picluster prepare-boot` on it, with
     the operator's public key `signer` as its trust anchor and the lab's wheel and
-    wheelhouse (the lab has no route to a package index); with `fast`,
-    the lab's quick timings are added to picluster.conf, as an operator would edit it."""
+    wheelhouse (the lab has no route to a package index); `extra` (the lab's
+    `card_settings`) is added to picluster.conf, as an operator would edit it."""
     blank_card(node.boot_dir)
     argv = [sys.executable, "-m", "picluster", "prepare-boot", str(node.boot_dir),
             "--repo", repo, "--key", str(key), "--signer", str(signer),
@@ -75,9 +77,8 @@ def write_card(node: MachineNode, repo: str, key: Path, *, signer: Path, master:
     if done.returncode:
         raise LabError(f"prepare-boot of {node.name}'s card failed: "
                        f"{done.stderr.strip() or done.stdout.strip()}")
-    if fast:
-        with node.config.open("a") as config:
-            config.write("".join(f"{key} = {value:g}\n" for key, value in FAST_TIMINGS.items()))
+    with node.config.open("a") as config:
+        config.write(render_settings(extra))
 
 
 def mount_disk(node: MachineNode, image: Image) -> None:

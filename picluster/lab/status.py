@@ -4,7 +4,7 @@ each node's status."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = ["Convergence", "LabState", "NodeStatus", "parse_hostfile", "status_json"]
@@ -21,6 +21,8 @@ class LabState:
     repo: str  # the URL nodes clone the cluster repository from
     machines: bool = False  # machine nodes (systemd-nspawn), not namespaces of this machine
     image: str | None = None  # the image machine nodes boot (picluster.lab.image)
+    # Boot-config keys every card gets, past the quick timings (`lab up --set`).
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
