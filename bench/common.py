@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -46,6 +47,17 @@ def cluster_repo(root: Path, extra: dict[str, str] | None = None) -> tuple[Path,
                                                  "operator") + "\n"
     init_bare(root / "cluster.git", files, "init")
     return root / "cluster.git", key
+
+
+def add_converge_batch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--converge-batch", type=int, metavar="N",
+                        help="every node's converge_batch: at most N nodes run their "
+                             "playbooks at once, 0: all (default: the setting's default)")
+
+
+def lab_settings(options: argparse.Namespace) -> dict[str, object]:
+    """The boot-config keys the options ask every lab card to get (Lab.up's settings)."""
+    return {} if options.converge_batch is None else {"converge_batch": options.converge_batch}
 
 
 def write_config(path: Path, **values: object) -> Path:

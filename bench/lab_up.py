@@ -1,11 +1,12 @@
 """Lab up: seconds from `picluster lab up --nodes N --fast` until the cluster converged
 (every node's ip/<mac> on main, one master), and what the lab costs in memory.
 
-    sudo python bench/lab_up.py [--nodes 4 8 16] [--settle 5] [--slow]
+    sudo python bench/lab_up.py [--nodes 4 8 16] [--settle 5] [--slow] [--converge-batch N]
 
 --slow keeps a real cluster's timings (poll 30 s, ping 60 s, the master's 300 s grace)
 in place of --fast's (1 s, 2 s, 3 s): on a small machine, 64 nodes polling every second
-need more CPU than it has.
+need more CPU than it has.  --converge-batch sets every node's converge_batch (how many
+nodes run their playbooks at once; 0: all).
 
 Each N gets a lab of its own in a fresh directory, removed afterwards (also on failure).
 Memory: the sum of the RSS of every process in the lab's namespaces, sampled every
@@ -20,7 +21,7 @@ import os
 import tempfile
 import threading
 
-from common import emit, now, rss_mb
+from common import add_converge_batch, emit, lab_settings, now, rss_mb
 
 from picluster.lab import Lab, LabError, preflight
 
@@ -36,7 +37,8 @@ def lab_rss_mb(lab: Lab) -> float:
     return total
 
 
-def measure(count: int, settle: float, fast: bool) -> dict[str, object]:
+def measure(count: int, settle: float, fast: bool,
+            settings: dict[str, object]) -> dict[str, object]:
     lab = Lab(tempfile.mkdtemp(prefix="pcl-bench-", dir="/tmp"))
     peak, samples = 0.0, 0
     stop = threading.Event()
@@ -58,7 +60,7 @@ def measure(count: int, settle: float, fast: bool) -> dict[str, object]:
     started = now()
     sampler.start()
     try:
-        state = lab.up(count, fast=fast, report=report)
+        state = lab.up(count, fast=fast, settings=settings, report=report)
         converged = now() - started
         stop.wait(settle)
         agents = {node.name: rss_mb(pid)
@@ -70,6 +72,7 @@ def measure(count: int, settle: float, fast: bool) -> dict[str, object]:
     return {
         "nodes": count,
         "fast": fast,
+        "settings": settings,
         "converged_s": round(converged, 2),
         # of which: building the network, keys, git server and starting every node
         "all_booted_s": round(steps["registering"] - started, 2),
@@ -88,11 +91,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds to keep sampling memory after convergence")
     parser.add_argument("--slow", action="store_true", help="a real cluster's timings")
+    add_converge_batch(parser)
     options = parser.parse_args()
     problems = preflight()
     if problems:
         parser.exit(2, "\n".join(problems) + "\n")
-    runs = [measure(count, options.settle, not options.slow) for count in options.nodes]
+    runs = [measure(count, options.settle, not options.slow, lab_settings(options))
+            for count in options.nodes]
     emit({"bench": "lab_up", "cpus": os.cpu_count(), "runs": runs})
 
 

@@ -3,11 +3,13 @@
 through ansible-runner (what the master ran before), in the same lab, one after the other.
 
     sudo python bench/ping_round.py [--nodes 4 8 16] [--rounds 5] [--ansible]
+                                    [--converge-batch N]
 
 Each N gets a lab with default timings, configured (every node applied its role's
-playbooks) before the rounds; the rounds run in the master's namespaces through the
-same code the master's ping job uses.  The kept ssh connections (ControlPersist masters)
-run apart from the pinging process: their CPU is counted separately (mux_cpu_s).
+playbooks; --converge-batch sets how many nodes at once) before the rounds; the rounds
+run in the master's namespaces through the same code the master's ping job uses.  The
+kept ssh connections (ControlPersist masters) run apart from the pinging process: their
+CPU is counted separately (mux_cpu_s).
 Prints JSON.
 """
 
@@ -20,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import emit
+from common import add_converge_batch, emit, lab_settings
 
 from picluster.lab import Lab
 
@@ -106,12 +108,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ansible", action="store_true",
                         help="also time Ansible's ping module through ansible-runner")
+    add_converge_batch(parser)
     args = parser.parse_args()
     results = []
     for count in args.nodes:
         lab = Lab(tempfile.mkdtemp(prefix="pcl-ping-", dir="/tmp"))
         try:
-            lab.up(count)
+            lab.up(count, settings=lab_settings(args))
             # A cluster at rest: on one machine, many netns nodes applying their first
             # playbooks at once (check mode, each its own ansible-playbook) would be
             # timed instead of the ping.  On Pis each node runs only its own.
@@ -132,7 +135,8 @@ def main() -> None:
         finally:
             (Path(lab.dir) / "ping_round.py").unlink(missing_ok=True)
             lab.down()
-    emit({"benchmark": "ping_round", "rounds": args.rounds, "results": results})
+    emit({"benchmark": "ping_round", "rounds": args.rounds, "settings": lab_settings(args),
+          "results": results})
 
 
 if __name__ == "__main__":
