@@ -14,39 +14,30 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from picluster import layout
 from picluster.gitstore import Create, Op, Snapshot
-from picluster.signing import AllowedSigners, SignatureError, sign
+from picluster.signing import AllowedSigners, SignatureError, SignedDocument, sign
 from picluster.tasks import TaskError
 
 __all__ = ["Revocation", "revocations", "revoke_ops"]
 
 log = logging.getLogger(__name__)
 
-# What a revocation signs starts with this: its signature can never pass for a task's.
-_PREFIX = b"picluster revoke\n"
 _FIELDS = ("id", "node", "revoked_at", "producer", "signature")
 
 
 @dataclass(frozen=True)
-class Revocation:
+class Revocation(SignedDocument):
+    PREFIX = b"picluster revoke\n"  # never a task's signature
+
     id: str
     node: str
     revoked_at: str
     producer: str
     signature: str = ""
-
-    def signed_bytes(self) -> bytes:
-        data = asdict(self)
-        del data["signature"]
-        return _PREFIX + json.dumps(data, sort_keys=True, separators=(",", ":"),
-                                    ensure_ascii=False).encode()
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
     def path(self) -> str:
         return layout.revoked_path(self.node, self.id)

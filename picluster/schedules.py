@@ -15,13 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from picluster import layout
 from picluster.gitstore import Create, Op, Put, Snapshot
-from picluster.signing import AllowedSigners, SignatureError, sign
+from picluster.signing import AllowedSigners, SignatureError, SignedDocument, sign
 from picluster.tasks import TaskError, parse_time
 
 __all__ = ["MIN_EVERY", "Schedule", "check_cron", "last_run", "next_run", "read_schedules",
@@ -29,8 +29,6 @@ __all__ = ["MIN_EVERY", "Schedule", "check_cron", "last_run", "next_run", "read_
 
 log = logging.getLogger(__name__)
 
-# What a schedule signs starts with this: its signature can never pass for a task's.
-_PREFIX = b"picluster schedule\n"
 _FIELDS = {"name": str, "task": str, "args": dict, "targets": (str, list),
            "cron": (str, type(None)), "every": (int, float, type(None)), "created_at": str,
            "producer": str, "signature": str}
@@ -38,7 +36,9 @@ MIN_EVERY = 1.0  # seconds: the shortest period a schedule may have
 
 
 @dataclass(frozen=True)
-class Schedule:
+class Schedule(SignedDocument):
+    PREFIX = b"picluster schedule\n"  # never a task's signature
+
     name: str
     task: str
     args: dict[str, Any]
@@ -48,15 +48,6 @@ class Schedule:
     created_at: str
     producer: str
     signature: str = ""
-
-    def signed_bytes(self) -> bytes:
-        data = asdict(self)
-        del data["signature"]
-        return _PREFIX + json.dumps(data, sort_keys=True, separators=(",", ":"),
-                                    ensure_ascii=False).encode()
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
     def path(self) -> str:
         return layout.schedule_path(self.name)

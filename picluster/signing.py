@@ -22,6 +22,7 @@ import datetime as dt
 import fnmatch
 import hashlib
 import io
+import json
 import os
 import re
 import struct
@@ -29,14 +30,16 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from picluster.files import install_file
 from picluster.proc import CommandError, run
 
 __all__ = ["NAMESPACE", "NODE_NAMESPACE", "TRUST_NAMESPACE", "AllowedSigners", "SignatureError",
-           "public_key", "public_key_of", "sign", "signed_by", "signer_line"]
+           "SignedDocument", "fingerprint", "public_key", "public_key_of", "sign", "signed_by",
+           "signer_line"]
 
 NAMESPACE = "picluster-task"  # tasks
 TRUST_NAMESPACE = "picluster-trust"  # local-vars/allowed_signers itself
@@ -55,6 +58,28 @@ _ADD_ONE = {NAMESPACE: "add one with `picluster trust PUBKEY --name NAME`",
 
 class SignatureError(ValueError):
     """A signature that does not verify, or a key or signers file that cannot be used."""
+
+
+class SignedDocument:
+    """A dataclass kept as a JSON file with a `signature` field that covers all the others.
+    `PREFIX` starts what is signed, so that one kind's signature never passes for
+    another's."""
+
+    PREFIX: ClassVar[bytes] = b""
+
+    def fields(self) -> dict[str, Any]:
+        """The fields as the file holds them."""
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+
+    def signed_bytes(self) -> bytes:
+        """What the signature covers: every field but the signature, canonical JSON."""
+        data = self.fields()
+        del data["signature"]
+        return self.PREFIX + json.dumps(data, sort_keys=True, separators=(",", ":"),
+                                        ensure_ascii=False).encode()
+
+    def to_json(self) -> str:
+        return json.dumps(self.fields(), indent=2, ensure_ascii=False) + "\n"
 
 
 def _private(key: Path, scratch: Path) -> Path:

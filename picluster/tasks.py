@@ -32,6 +32,7 @@ from picluster import layout
 from picluster.bounded import LimitError, load_json
 from picluster.gitstore import Op
 from picluster.schema import ArgError, Duration, Json, Schema
+from picluster.signing import SignedDocument
 from picluster.version import __version__
 
 __all__ = [
@@ -107,7 +108,7 @@ def new_task_id() -> str:
 
 
 @dataclass(frozen=True)
-class Task:
+class Task(SignedDocument):
     id: str
     node: str
     task: str
@@ -121,22 +122,12 @@ class Task:
     timeout: float | None = None  # seconds: then the outcome says "timeout"
     retry_delay: float | None = None  # seconds before the first retry, doubling each time
 
-    def _fields(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
         data = asdict(self)
         for name in _UNLESS_SET:
             if data[name] is None:
                 del data[name]
         return data
-
-    def signed_bytes(self) -> bytes:
-        """What the signature covers: every field but the signature, canonical JSON."""
-        data = self._fields()
-        del data["signature"]
-        return json.dumps(data, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False).encode()
-
-    def to_json(self) -> str:
-        return json.dumps(self._fields(), indent=2, ensure_ascii=False) + "\n"
 
     def expiry(self) -> dt.datetime:
         """When the task stops being worth running: `expires`, else `LIFETIME` after
