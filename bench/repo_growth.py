@@ -1,5 +1,6 @@
-"""Repository growth with retention on: the bare repository's size, what `main` holds, and
-a new node's clone (shallow, as nodes clone; and full, for comparison) after N tasks.
+"""Repository growth with retention on: the bare repository's size, what `main` holds, a
+new node's clone (shallow, as nodes clone; and full, for comparison), and the agent's own
+clone (shallow, fetching all along) after N tasks.
 
     python bench/repo_growth.py [--tasks 1000 10000] [--batch 250] [--keep 1000]
 
@@ -35,6 +36,20 @@ def clone(bare: Path, where: Path, shallow: bool) -> tuple[float, int]:
     started = now()
     ClusterRepo(str(bare), where, writer="newcomer", shallow=shallow).sync()
     return now() - started, size(where)
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "--git-dir", str(repo), *args], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def agent_clone(where: Path) -> dict[str, int]:
+    """The agent's own clone: what it holds after fetching all along, and its garbage."""
+    counts = dict(line.split(": ") for line in git(where, "count-objects", "-v").splitlines())
+    return {"agent_clone_bytes": size(where),
+            "agent_clone_commits": int(git(where, "rev-list", "--count", "origin/main")),
+            "agent_clone_loose_objects": int(counts["count"]),
+            "agent_clone_packed_objects": int(counts["in-pack"])}
 
 
 def outcomes(observer: ClusterRepo) -> int:
@@ -83,16 +98,15 @@ def main() -> None:
                     time.sleep(0.5)  # every outcome in, and retention done
                 shallow_s, shallow_bytes = clone(bare, root / f"new-{target}" / "repo", True)
                 full_s, full_bytes = clone(bare, root / f"full-{target}" / "repo", False)
-                commits = subprocess.run(["git", "-C", str(bare), "rev-list", "--count",
-                                          "main"], capture_output=True, text=True,
-                                         check=True).stdout.strip()
+                commits = git(bare, "rev-list", "--count", "main")
                 checkpoints.append({
                     "tasks": target, "elapsed_s": round(now() - started, 1),
                     "commits": int(commits), "bare_bytes": size(bare),
                     "outcomes_in_main": outcomes(observer),
                     "new_node_shallow_clone_s": round(shallow_s, 3),
                     "new_node_shallow_clone_bytes": shallow_bytes,
-                    "full_clone_s": round(full_s, 3), "full_clone_bytes": full_bytes})
+                    "full_clone_s": round(full_s, 3), "full_clone_bytes": full_bytes,
+                    **agent_clone(root / "node" / "repo")})
                 print(checkpoints[-1], file=sys.stderr)
         finally:
             agent.send_signal(signal.SIGINT)
