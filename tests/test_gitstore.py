@@ -20,6 +20,7 @@ from picluster.gitstore import (
     inbox,
     init_bare,
 )
+from picluster.gitstore import clone as clone_module
 from picluster.gitstore.errors import RemoteMoved, push_error
 
 
@@ -31,6 +32,19 @@ def clone(cluster: Cluster, name: str, **options: Any) -> ClusterRepo:
 def git(bare: Path, *args: str) -> str:
     return subprocess.run(["git", "--git-dir", str(bare), *args], capture_output=True,
                           text=True, check=True).stdout
+
+
+def advance(cluster: Cluster, commits: int) -> None:
+    """Move main forward by `commits` commits, each writing a new `writer` file, as
+    another clone pushing them would (one fast-import into the bare repository: fast)."""
+    stamp = f"t <t@t> {int(time.time())} +0000"
+    stream = f"reset refs/heads/main\nfrom {git(cluster.bare, 'rev-parse', 'main').strip()}\n\n"
+    for n in range(commits):
+        content = f"{time.time_ns()} {n}\n"
+        stream += (f"commit refs/heads/main\ncommitter {stamp}\ndata 7\nadvance\n"
+                   f"M 100644 inline writer\ndata {len(content)}\n{content}\n")
+    subprocess.run(["git", "--git-dir", str(cluster.bare), "fast-import", "--quiet"],
+                   input=stream, text=True, check=True)
 
 
 def test_ops_apply_and_a_no_op_makes_no_commit(cluster: Cluster) -> None:
@@ -216,6 +230,61 @@ def test_a_rewound_branch_is_told_once(cluster: Cluster) -> None:
     assert told == [(second, first)]
     repo.sync()
     assert told == [(second, first)]
+
+
+def test_a_shallow_clone_sees_main_advanced_by_several_commits_as_no_rewind(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    repo, other, told = clone(cluster, "a", shallow=True), clone(cluster, "b"), []
+    repo.on_rewind(lambda seen, tip: told.append((seen, tip)))
+    repo.sync()
+    for n in range(5):  # the shallow clone fetches none of these one by one
+        other.transact(lambda tip, n=n: [Put("x", f"{n}\n")], f"x {n}")
+    assert repo.sync().read("x") == "4\n"
+    assert told == [] and "REWOUND" not in caplog.text
+
+
+def test_a_shallow_clone_still_tells_a_force_push_to_a_divergent_or_older_commit(
+        cluster: Cluster) -> None:
+    writer = clone(cluster, "writer")
+    older = [writer.transact(lambda tip, n=n: [Put("x", f"{n}\n")], f"x {n}").commit
+             for n in range(3)]
+    repo, told = clone(cluster, "a", shallow=True), []
+    repo.on_rewind(lambda seen, tip: told.append((seen, tip)))
+    assert repo.sync().commit == older[2]  # the only commit the clone holds
+    # A sibling of the tip, on a parent older than the clone's history.
+    divergent = git(cluster.bare, "-c", "user.name=t", "-c", "user.email=t@t", "commit-tree",
+                    f"{older[1]}^{{tree}}", "-p", str(older[1]), "-m", "divergent").strip()
+    git(cluster.bare, "update-ref", "refs/heads/main", divergent)
+    assert repo.sync().commit == divergent
+    git(cluster.bare, "update-ref", "refs/heads/main", str(older[0]))
+    assert repo.sync().read("x") == "0\n"
+    repo.sync()
+    assert told == [(older[2], divergent), (divergent, older[0])]
+
+
+def test_a_shallow_clone_holds_only_the_commits_since_it_was_last_cut_back(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clone_module, "_RECUT_EVERY", 4)
+    repo = clone(cluster, "a", shallow=True)
+    repo.sync()
+
+    def reachable() -> int:
+        return len(git(repo.clone_dir, "rev-list", "--objects", "--all").splitlines())
+
+    tip_alone = reachable()  # a --depth 1 clone: the tip's commit and tree
+    for _ in range(15):
+        advance(cluster, 3)
+        repo.sync()
+        commits = int(git(repo.clone_dir, "rev-list", "--count", "origin/main"))
+        assert commits <= 4 * 3 + 1  # main's commits over the last 4 fetches, on the cut
+        # Each commit on the cut adds itself, a root tree and a `writer` blob; the cut
+        # holds one `writer` blob more than the seed.
+        assert reachable() <= tip_alone + 1 + 3 * (commits - 1)
+    # Nothing else holds on to what was cut away: gc can drop it all.
+    git(repo.clone_dir, "gc", "--quiet", "--prune=now")
+    stored = dict(line.split(": ") for line in git(repo.clone_dir, "count-objects", "-v")
+                  .splitlines())
+    assert int(stored["count"]) + int(stored["in-pack"]) == reachable()
 
 
 def test_snapshot_tells_plain_files_from_symlinks(cluster: Cluster) -> None:
