@@ -68,7 +68,7 @@ class ClusterRepo:
     def from_settings(cls, settings: Settings, writer: str, *,
                       shallow: bool = False) -> ClusterRepo:
         """The clone a node (or a CLI on it) uses: `settings.clone_dir`, over ssh when the
-        URL needs it; `shallow` fetches the tip only (a node's agent)."""
+        URL needs it; `shallow` clones the tip only and stays small (a node's agent)."""
         return cls(settings.repo, settings.clone_dir, branch=settings.branch, writer=writer,
                    ssh_command=settings.ssh_command(), shallow=shallow)
 
