@@ -27,6 +27,7 @@ import os
 import re
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -195,15 +196,18 @@ def fingerprint(key_type: str, key: str) -> str:
 
 # ssh-keygen's verdict on a good signature: 'Good "ns" signature with ED25519 key SHA256:…'
 _GOOD = re.compile(r"^Good \".*\" signature with \S+ key (SHA256:\S+)$", re.MULTILINE)
+# Verdicts kept, by one digest of what was checked: about 150 bytes each (a few signers'
+# fingerprints, interned), so 4096 of them fit in well under a megabyte.
 _VERDICTS_KEPT = 4096
-_verdicts: dict[tuple[bytes, str, str], str] = {}
+_verdicts: dict[bytes, str] = {}
 _verdicts_lock = threading.Lock()
 
 
 def signed_by(message: bytes, signature: str, namespace: str) -> str:
     """The fingerprint of whichever key made `signature` of `message` in `namespace`:
     proof that these are the bytes it signed, not that the key is trusted."""
-    known = (hashlib.sha256(message).digest(), signature, namespace)
+    known = hashlib.sha256(b"\0".join((namespace.encode(), signature.encode(),
+                                        message))).digest()
     with _verdicts_lock:
         if known in _verdicts:
             return _verdicts[known]
@@ -219,7 +223,7 @@ def signed_by(message: bytes, signature: str, namespace: str) -> str:
     with _verdicts_lock:
         if len(_verdicts) >= _VERDICTS_KEPT:
             del _verdicts[next(iter(_verdicts))]  # the oldest
-        _verdicts[known] = good.group(1)
+        _verdicts[known] = sys.intern(good.group(1))
     return good.group(1)
 
 
