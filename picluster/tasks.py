@@ -123,7 +123,8 @@ class Task(SignedDocument):
     retry_delay: float | None = None  # seconds before the first retry, doubling each time
 
     def fields(self) -> dict[str, Any]:
-        data = asdict(self)
+        """Every field but the optional ones left unset: a task file names only those."""
+        data = super().fields()
         for name in _UNLESS_SET:
             if data[name] is None:
                 del data[name]
